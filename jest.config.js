@@ -1,0 +1,8 @@
+/** Jest runs the TypeScript specs through ts-jest (TypeScript 6; ts-jest does not support 7). */
+module.exports = {
+  testEnvironment: 'node',
+  roots: ['<rootDir>/spec'],
+  testMatch: ['**/*.spec.ts'],
+  transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json', isolatedModules: true }] },
+  testTimeout: 20000,
+};

@@ -1,0 +1,452 @@
+/**
+ * The cache: keys, tag versions, the low-level API (`get/set/delete/has/clear/wrap`), invalidation,
+ * stats and events, over one {@link Store}.
+ *
+ * Invalidation is by tag versions (as Symfony's TagAwareAdapter): every entry records, for each of its
+ * tags, the tag's version read *before* its body was produced; invalidating a tag writes a new random
+ * version, so every entry stamped with the old one is a miss from then on. A tag whose version record is
+ * missing (never written, or evicted) invalidates every entry that carries it, so eviction can never make
+ * an old entry valid again. Every fragment carries a tag for its name and one for its variant, and
+ * inherits the tags of the fragments rendered inside it: that is how invalidating an inner fragment also
+ * drops every fragment that contains it.
+ * @module
+ */
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { parseTtl, type Ttl } from './duration';
+import { flatten, type Entry } from './entry';
+import { FragcacheError, OptionError, StoreError } from './errors';
+import { StoreGuard, type GuardOptions } from './guard';
+import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
+import type { Store, StoreWrite } from './store';
+
+/** Options of {@link FragmentCache}. */
+export interface CacheOptions {
+  /** Namespace of every key this cache writes (default `"fc"`). Caches with different prefixes never see each other's entries. */
+  prefix?: string;
+  /** Default version (default 1). Entries written under one version are invisible under another. */
+  version?: number | string;
+  /** Time budget and circuit breaker of store calls. */
+  guard?: GuardOptions;
+  /** Report a repeated store error at most once per this many ms through the `error` event (default 10000). */
+  errorInterval?: number;
+}
+
+/** Counters returned by {@link FragmentCache.stats}. */
+export interface Counters {
+  hits: number;
+  misses: number;
+  stores: number;
+  stale: number;
+  errors: number;
+}
+
+/** Options of the low-level `set`/`wrap`. */
+export interface SetOptions {
+  /** Seconds, a duration string, or `null` for no expiry (default: no expiry). `0` stores nothing. */
+  ttl?: Ttl;
+  /** Key version (default: the cache's version). */
+  version?: number | string;
+  /** Tags for {@link FragmentCache.invalidateTag}. */
+  tags?: readonly string[];
+}
+
+/** Payload of the `hit`, `miss`, `stale` and `store` events. */
+export interface FragmentEvent {
+  /** Fragment name, or the low-level key. */
+  name: string;
+  key: string;
+  /** Age of the served entry in ms (hits). */
+  age?: number;
+}
+
+/** Events a cache emits. */
+export interface CacheEvents {
+  hit: [FragmentEvent];
+  miss: [FragmentEvent];
+  stale: [FragmentEvent];
+  store: [FragmentEvent];
+  invalidate: [{ kind: 'name' | 'variant' | 'tag' | 'key' | 'clear'; target: string }];
+  error: [FragcacheError];
+}
+
+interface Deferred {
+  promise: Promise<Entry | undefined>;
+  resolve(e: Entry | undefined): void;
+  reject(err: unknown): void;
+}
+
+function deferred(): Deferred {
+  let resolve!: (e: Entry | undefined) => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<Entry | undefined>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // a claim nobody waits on must not be an unhandled rejection
+  return { promise, resolve, reject };
+}
+
+function newVersion(): string {
+  return randomBytes(9).toString('base64url');
+}
+
+/** The cache over one store. Created by `createEngine` (as `engine.cache`) or directly. */
+export class FragmentCache extends EventEmitter<CacheEvents> {
+  readonly store: Store;
+  readonly guard: StoreGuard;
+  readonly prefix: string;
+  readonly version: string;
+  /** Start of every key of this cache and version: `prefix:version:`. */
+  readonly base: string;
+  /** Fragments and values being produced in this process right now (single-flight). */
+  readonly inflight = new Map<string, Deferred>();
+  private readonly counters = new Map<string, Counters>();
+  private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 };
+  private readonly errorInterval: number;
+  private readonly lastReported = new Map<string, number>();
+
+  constructor(store: Store, options: CacheOptions = {}) {
+    super();
+    this.store = store;
+    const prefix = options.prefix ?? 'fc';
+    if (typeof prefix !== 'string' || !/^[\x21-\x7e]{0,64}$/.test(prefix)) {
+      throw new OptionError('prefix', prefix, 'expected up to 64 printable characters without spaces');
+    }
+    const version = options.version ?? 1;
+    if (!['number', 'string'].includes(typeof version) || !/^[\x21-\x7e]{1,32}$/.test(String(version)) || String(version).includes(':')) {
+      throw new OptionError('version', version, 'expected a number or a short string without spaces or ":"');
+    }
+    this.prefix = prefix;
+    this.version = String(version);
+    this.base = `${prefix}:${this.version}:`;
+    this.guard = new StoreGuard(store.kind, options.guard);
+    this.errorInterval = options.errorInterval ?? 10_000;
+  }
+
+  // ---------------------------------------------------------------- keys and tags
+
+  /** Store key of a tag's version record. Tag versions live outside the cache version, so they survive a version bump. */
+  tagKey(tagId: string): string {
+    return `${this.prefix}:tag:${tagId}`;
+  }
+
+  /** Store key of a low-level value. */
+  valueKey(key: string, version?: number | string): string {
+    if (typeof key !== 'string' || key === '') throw new OptionError('key', key, 'expected a non-empty string');
+    const base = version === undefined ? this.base : `${this.prefix}:${String(version)}:`;
+    const enc = encodeValue(key);
+    return `${base}k:${enc.length <= 80 && /^[\x21-\x7e]*$/.test(enc) ? '=' + enc : '#' + hash(enc)}`;
+  }
+
+  /** Tag ids (not yet store keys) for user tags; validates them. */
+  userTags(tags: unknown, where = 'tags'): string[] {
+    if (tags === undefined || tags === null) return [];
+    if (!Array.isArray(tags) || !tags.every((t) => typeof t === 'string' && t.length > 0)) {
+      throw new OptionError(where, tags, 'expected a list of non-empty strings');
+    }
+    return tags.map(userTag);
+  }
+
+  /** Reads tag versions; creates the missing ones (with `add`, so a concurrent invalidation wins). */
+  async tagVersions(tagKeys: readonly string[]): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    if (!tagKeys.length) return out;
+    const sync = this.store.sync;
+    if (sync) {
+      for (const k of tagKeys) out.set(k, this.tagVersionSync(k));
+      return out;
+    }
+    const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
+    const missing: string[] = [];
+    tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
+    for (const k of missing) {
+      const v = newVersion();
+      const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
+      if (added) out.set(k, v);
+      else {
+        const [again] = await this.guard.run('getMany', () => this.store.getMany([k]));
+        if (!again) throw new StoreError(`tag version ${k} vanished while being created`, this.store.kind, 'add');
+        out.set(k, again.body);
+      }
+    }
+    return out;
+  }
+
+  /** Same-tick tag version (memory store). */
+  tagVersionSync(tagKey: string): string {
+    const sync = this.store.sync!;
+    const e = sync.get(tagKey);
+    if (e) return e.body;
+    const v = newVersion();
+    sync.set(tagKey, { body: v, created: Date.now(), expires: null }, null);
+    return v;
+  }
+
+  /** True when every tag the entry was stamped with still has the same version. */
+  static tagsMatch(entry: Entry, versions: { get(k: string): string | undefined }): boolean {
+    const tags = entry.tags;
+    if (!tags) return true;
+    for (const k in tags) if (versions.get(k) !== tags[k]) return false;
+    return true;
+  }
+
+  // ---------------------------------------------------------------- guarded store access
+
+  /** Reads entries; a store failure is reported and reads as all-miss. */
+  async readMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
+    if (this.store.sync) return keys.map((k) => this.store.sync!.get(k));
+    try {
+      return await this.guard.run('getMany', () => this.store.getMany(keys));
+    } catch (err) {
+      this.report(err);
+      return keys.map(() => undefined);
+    }
+  }
+
+  /** Writes entries; a store failure is reported, never thrown. */
+  async writeMany(writes: readonly StoreWrite[]): Promise<void> {
+    if (!writes.length) return;
+    if (this.store.sync) {
+      for (const w of writes) this.store.sync.set(w.key, w.entry, w.ttlMs);
+      return;
+    }
+    try {
+      await this.guard.run('setMany', () => this.store.setMany(writes));
+    } catch (err) {
+      this.report(err);
+    }
+  }
+
+  /** Reports a store error through the `error` event, at most once per `errorInterval` for the same message. */
+  report(err: unknown): void {
+    this.count('', 'errors');
+    const error = err instanceof FragcacheError ? err : new StoreError(String((err as Error)?.message ?? err), this.store.kind, 'unknown', { cause: err });
+    const now = Date.now();
+    const last = this.lastReported.get(error.message);
+    if (last !== undefined && now - last < this.errorInterval) return;
+    this.lastReported.set(error.message, now);
+    if (this.lastReported.size > 100) this.lastReported.clear();
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+    else process.emitWarning(`fragcache: ${error.message}`, { code: 'FRAGCACHE_STORE' });
+  }
+
+  // ---------------------------------------------------------------- stats
+
+  /** Counts an outcome for a fragment name ('' counts only in the total). */
+  count(name: string, what: keyof Counters): void {
+    this.total[what]++;
+    if (!name) return;
+    let c = this.counters.get(name);
+    if (!c) this.counters.set(name, (c = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 }));
+    c[what]++;
+  }
+
+  /** Hits, misses, stores, stale serves and errors, overall and per fragment name, since creation. */
+  stats(): Counters & { fragments: Record<string, Counters> } {
+    const fragments: Record<string, Counters> = {};
+    for (const [name, c] of this.counters) fragments[name] = { ...c };
+    return { ...this.total, fragments };
+  }
+
+  // ---------------------------------------------------------------- low-level API
+
+  /** Builds the entry for a value: strings are kept as they are, anything else as JSON. */
+  private entryFor(value: unknown, ttlMs: number | null, tags: Record<string, string> | undefined): Entry {
+    const now = Date.now();
+    const json = typeof value !== 'string';
+    let body: string;
+    if (json) {
+      const s = JSON.stringify(value);
+      if (s === undefined) throw new OptionError('value', value, 'expected a value JSON can hold');
+      body = s;
+    } else body = flatten(value as string);
+    return { body, created: now, expires: ttlMs === null ? null : now + ttlMs, tags, json: json || undefined };
+  }
+
+  private ttlMs(ttl: Ttl | undefined): number | null {
+    if (ttl === undefined) return null;
+    const r = parseTtl(ttl);
+    if ('error' in r) throw new OptionError('ttl', ttl, r.error.replace(/^ttl /, ''));
+    return r.ms;
+  }
+
+  /** A valid (unexpired, not invalidated) entry for a full store key, or undefined. */
+  private async readValid(storeKey: string): Promise<Entry | undefined> {
+    const [entry] = await this.readMany([storeKey]);
+    if (!entry || (entry.expires !== null && entry.expires <= Date.now())) return undefined;
+    if (entry.tags) {
+      let versions: Map<string, string>;
+      try {
+        versions = await this.tagVersions(Object.keys(entry.tags));
+      } catch (err) {
+        this.report(err);
+        return undefined;
+      }
+      if (!FragmentCache.tagsMatch(entry, versions)) return undefined;
+    }
+    return entry;
+  }
+
+  private static valueOf(entry: Entry): unknown {
+    return entry.json ? JSON.parse(entry.body) : entry.body;
+  }
+
+  /** The value stored under `key`, or `undefined`. A store failure reads as a miss (and is reported). */
+  async get<T = unknown>(key: string, options: { version?: number | string } = {}): Promise<T | undefined> {
+    const k = this.valueKey(key, options.version);
+    const entry = await this.readValid(k);
+    this.count('', entry ? 'hits' : 'misses');
+    this.emit(entry ? 'hit' : 'miss', { name: key, key: k });
+    return entry ? (FragmentCache.valueOf(entry) as T) : undefined;
+  }
+
+  /** True when a valid value is stored under `key`. */
+  async has(key: string, options: { version?: number | string } = {}): Promise<boolean> {
+    return (await this.readValid(this.valueKey(key, options.version))) !== undefined;
+  }
+
+  /**
+   * Stores a value (strings as they are, anything else as JSON). Resolves false when the store failed
+   * (the failure is reported through `error`) or `ttl` is 0.
+   */
+  async set(key: string, value: unknown, options: SetOptions = {}): Promise<boolean> {
+    const k = this.valueKey(key, options.version);
+    const ttlMs = this.ttlMs(options.ttl);
+    if (ttlMs === 0) return false;
+    const tagIds = this.userTags(options.tags);
+    const versions = tagIds.length ? await this.tagVersions(tagIds.map((t) => this.tagKey(t))) : undefined;
+    return this.put(k, this.entryFor(value, ttlMs, versions && Object.fromEntries(versions)), ttlMs, key);
+  }
+
+  private async put(k: string, entry: Entry, ttlMs: number | null, name: string): Promise<boolean> {
+    if (this.store.sync) this.store.sync.set(k, entry, ttlMs);
+    else {
+      try {
+        await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry, ttlMs }]));
+      } catch (err) {
+        this.report(err);
+        return false;
+      }
+    }
+    this.count('', 'stores');
+    this.emit('store', { name, key: k });
+    return true;
+  }
+
+  /** Deletes one value. Rejects when the store fails: the caller must know the value may still be there. */
+  async delete(key: string, options: { version?: number | string } = {}): Promise<void> {
+    const k = this.valueKey(key, options.version);
+    await this.guard.run('deleteMany', () => this.store.deleteMany([k]));
+    this.emit('invalidate', { kind: 'key', target: key });
+  }
+
+  /**
+   * Removes every entry this cache wrote (its prefix), and nothing else in the store. Rejects when the
+   * store fails.
+   */
+  async clear(): Promise<void> {
+    // Clearing is slow on a large remote store: give it a generous budget.
+    await this.guard.run('clear', () => this.store.clear(`${this.prefix}:`), Math.max(this.guard.timeout, 60_000));
+    this.emit('invalidate', { kind: 'clear', target: this.prefix });
+  }
+
+  /**
+   * Returns the value under `key`, or runs `fn`, stores its result and returns it. Concurrent calls in this
+   * process for the same key run `fn` once and share its result or its error; an error is not stored.
+   */
+  async wrap<T>(key: string, fn: () => T | Promise<T>, options: SetOptions = {}): Promise<T> {
+    const k = this.valueKey(key, options.version);
+    const ttlMs = this.ttlMs(options.ttl);
+    const tagIds = this.userTags(options.tags);
+    const hit = await this.readValid(k);
+    if (hit) {
+      this.count('', 'hits');
+      this.emit('hit', { name: key, key: k, age: Date.now() - hit.created });
+      return FragmentCache.valueOf(hit) as T;
+    }
+    const running = this.inflight.get(k);
+    if (running) {
+      const e = await running.promise;
+      if (e) return FragmentCache.valueOf(e) as T;
+    }
+    const d = deferred();
+    this.inflight.set(k, d);
+    this.count('', 'misses');
+    this.emit('miss', { name: key, key: k });
+    try {
+      let versions: Map<string, string> | undefined;
+      if (tagIds.length) {
+        try {
+          versions = await this.tagVersions(tagIds.map((t) => this.tagKey(t)));
+        } catch (err) {
+          this.report(err); // store down: compute, do not store
+        }
+      }
+      const value = await fn();
+      const entry = this.entryFor(value, ttlMs, versions && Object.fromEntries(versions));
+      if (ttlMs !== 0 && (versions || !tagIds.length)) await this.put(k, entry, ttlMs, key);
+      d.resolve(entry);
+      return value;
+    } catch (err) {
+      d.reject(err);
+      throw err;
+    } finally {
+      this.inflight.delete(k);
+    }
+  }
+
+  // ---------------------------------------------------------------- invalidation
+
+  /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
+  async bumpTags(tagIds: readonly string[]): Promise<void> {
+    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: null }, ttlMs: null }));
+    if (this.store.sync) {
+      for (const w of writes) this.store.sync.set(w.key, w.entry, null);
+      return;
+    }
+    await this.guard.run('setMany', () => this.store.setMany(writes));
+  }
+
+  /**
+   * Drops every variant of fragment `name` (in every template, whatever its digest), or with `vary` the one
+   * variant, and every cached fragment that contains them. Resolves once no render can serve the old output;
+   * rejects when the store failed.
+   */
+  async invalidate(name: string, vary?: readonly unknown[]): Promise<void> {
+    if (typeof name !== 'string' || !name) throw new OptionError('name', name, 'expected a fragment name');
+    if (vary !== undefined && !Array.isArray(vary)) throw new OptionError('vary', vary, 'expected an array of vary values');
+    await this.bumpTags([vary ? variantTag(name, vary) : nameTag(name)]);
+    this.emit('invalidate', { kind: vary ? 'variant' : 'name', target: name });
+  }
+
+  /** Drops every fragment, page and value tagged with any of `tags` (and what contains them). Rejects on store failure. */
+  async invalidateTag(...tags: string[]): Promise<void> {
+    const ids = this.userTags(tags.flat(), 'tag');
+    await this.bumpTags(ids);
+    for (const t of tags.flat()) this.emit('invalidate', { kind: 'tag', target: t });
+  }
+
+  /** Claims a key for producing in this process; returns the running claim when another caller holds it. */
+  claim(key: string): { mine: true; done: Deferred } | { mine: false; running: Promise<Entry | undefined> } {
+    const running = this.inflight.get(key);
+    if (running) return { mine: false, running: running.promise };
+    const d = deferred();
+    this.inflight.set(key, d);
+    return { mine: true, done: d };
+  }
+
+  /** Releases a claim made with {@link claim}: with the entry, with an error, or with nothing (not produced). */
+  release(key: string, outcome: { entry?: Entry; error?: unknown }): void {
+    const d = this.inflight.get(key);
+    if (!d) return;
+    this.inflight.delete(key);
+    if (outcome.error !== undefined) d.reject(outcome.error);
+    else d.resolve(outcome.entry);
+  }
+
+  /** Closes the store. */
+  async close(): Promise<void> {
+    await this.store.close();
+  }
+}

@@ -1,0 +1,307 @@
+/**
+ * The engine: a Nunjucks Environment with the `cache` tag, its stores, and renders that resolve every
+ * fragment (see {@link RenderSession} for the passes).
+ * @module
+ */
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import nunjucks from 'nunjucks';
+import { FragmentCache, type CacheEvents, type Counters } from './cache';
+import { AsyncTemplateError, FragcacheError, OptionError, TemplateError } from './errors';
+import { CacheExtension } from './extension';
+import type { GuardOptions } from './guard';
+import { RenderSession, type FragmentTrace } from './render';
+import { createStore, type StoreSpec } from './stores';
+
+/** Options of {@link createEngine}. */
+export interface EngineOptions {
+  /** Folder(s) of templates (default `"templates"`, relative to the working directory). */
+  views?: string | string[];
+  /**
+   * The default store (default `"memory"`): `"memory"`, a store URL (`redis://…`, `memcache://…`,
+   * `sqlite://…`), a Keyv instance or adapter, or a `Store`.
+   */
+  store?: StoreSpec;
+  /**
+   * Named stores, as Django's `CACHES`: `{ default: …, fragments: … }`. The tag picks one with
+   * `using="alias"`; fragments use `fragments` when it exists, else `default` (which is `store`).
+   */
+  stores?: Record<string, StoreSpec>;
+  /** Key prefix of everything the engine stores (default `"fc"`). */
+  prefix?: string;
+  /** Key version (default 1): bump it to start from an empty cache without deleting anything. */
+  version?: number | string;
+  /**
+   * Tag delimiters: `"angle"` (default) for `<% cache … %>` block tags with `{{ }}` variables and `{# #}`
+   * comments; `"curly"` for Nunjucks' own `{% %}`.
+   */
+  syntax?: 'angle' | 'curly';
+  /** Options passed to the Nunjucks Environment (default `{ autoescape: true }`). */
+  nunjucks?: nunjucks.ConfigureOptions;
+  /** Reload templates when they change (Nunjucks `watch`-free `noCache`; for development). */
+  noCache?: boolean;
+  /** Time budget and circuit breaker of store calls (default 100 ms budget, 3 failures, retry after 1 s). */
+  timeout?: number;
+  breaker?: Omit<GuardOptions, 'timeout'>;
+  /** Most passes one render may take (default 32); each level of nested fragments on a remote store costs one. */
+  maxPasses?: number;
+}
+
+/** Result of {@link Engine.explain}. */
+export interface Explained {
+  html: string;
+  /** Every fragment of the final pass, in the order they appear, with hit/miss and timings. */
+  fragments: FragmentTrace[];
+  /** Render passes taken (1 on a same-tick store). */
+  passes: number;
+}
+
+const ANGLE = { blockStart: '<%', blockEnd: '%>' };
+const POSITION = /\(([^()\n]*)\)(?: \[Line (\d+), Column (\d+)\])?/g;
+
+/** The engine returned by {@link createEngine}. Emits the cache events of all its stores. */
+export class Engine extends EventEmitter<CacheEvents> {
+  /** The Nunjucks Environment: add filters and globals here. */
+  readonly env: nunjucks.Environment;
+  /** The default cache (low-level API). */
+  readonly cache: FragmentCache;
+  /** Every cache by alias (`default` and the `stores` option). */
+  readonly caches: ReadonlyMap<string, FragmentCache>;
+  readonly views: string[];
+  private readonly maxPasses: number;
+  private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
+    alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
+
+  constructor(options: EngineOptions = {}) {
+    super();
+    const views = options.views ?? 'templates';
+    this.views = (Array.isArray(views) ? views : [views]).map((v) => path.resolve(v));
+    if (options.syntax !== undefined && options.syntax !== 'angle' && options.syntax !== 'curly') {
+      throw new OptionError('syntax', options.syntax, 'expected "angle" or "curly"');
+    }
+    this.maxPasses = options.maxPasses ?? 32;
+    const guard = { ...options.breaker, timeout: options.timeout };
+    const caches = new Map<string, FragmentCache>();
+    const byStore = new Map<unknown, FragmentCache>();
+    const make = (alias: string, spec: StoreSpec | undefined) => {
+      // Two aliases given the same instance share one cache (and one circuit breaker).
+      const existing = spec !== undefined && typeof spec === 'object' ? byStore.get(spec) : undefined;
+      const cache =
+        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard });
+      if (spec !== undefined && typeof spec === 'object') byStore.set(spec, cache);
+      caches.set(alias, cache);
+      if (!existing) for (const ev of ['hit', 'miss', 'stale', 'store', 'invalidate', 'error'] as const) cache.on(ev, (...args: unknown[]) => (this.emit as (e: string, ...a: unknown[]) => boolean)(ev, ...args));
+    };
+    make('default', options.stores?.default ?? options.store);
+    for (const [alias, spec] of Object.entries(options.stores ?? {})) if (alias !== 'default') make(alias, spec);
+    this.caches = caches;
+    this.cache = caches.get('default')!;
+    const loader = new nunjucks.FileSystemLoader(this.views, { noCache: options.noCache ?? false });
+    this.env = new nunjucks.Environment(loader, {
+      autoescape: true,
+      ...options.nunjucks,
+      // dev keeps the original error as `cause`, which becomes our TemplateError's cause.
+      dev: true,
+      tags: options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags },
+    });
+    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve));
+  }
+
+  /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
+  async render(name: string, context: object = {}): Promise<string> {
+    return (await this.run(() => this.template(name), context, false)).html;
+  }
+
+  /** Renders template source. `name` is used in error messages. */
+  async renderString(source: string, context: object = {}, name = '(string)'): Promise<string> {
+    return (await this.run(() => this.compileString(source, name), context, false)).html;
+  }
+
+  /** Renders a template and reports each fragment: name, vary, key, hit/miss, time, size, TTL left, tags. */
+  async explain(name: string, context: object = {}): Promise<Explained> {
+    return this.run(() => this.template(name), context, true);
+  }
+
+  /** Same as {@link explain} for template source. */
+  async explainString(source: string, context: object = {}, name = '(string)'): Promise<Explained> {
+    return this.run(() => this.compileString(source, name), context, true);
+  }
+
+  private template(name: string): nunjucks.Template {
+    try {
+      return this.env.getTemplate(name, true);
+    } catch (err) {
+      throw this.templateError(err, name);
+    }
+  }
+
+  private compileString(source: string, name: string): nunjucks.Template {
+    try {
+      return new nunjucks.Template(source, this.env, name, true);
+    } catch (err) {
+      throw this.templateError(err, name);
+    }
+  }
+
+  private async run(load: () => nunjucks.Template, context: object, trace: boolean): Promise<Explained> {
+    const tmpl = load();
+    const session = new RenderSession(this.resolve, { trace });
+    try {
+      for (let passes = 1; ; passes++) {
+        const html = session.pass(() => this.renderPass(tmpl, context));
+        if (!session.incomplete) {
+          await session.flush();
+          return { html, fragments: session.trace ?? [], passes };
+        }
+        if (passes >= this.maxPasses) {
+          throw new FragcacheError(`template ${this.relative((tmpl as unknown as { path?: string }).path)} needed more than ${this.maxPasses} render passes (maxPasses): are fragments nested that deep?`);
+        }
+        await session.resolveWanted();
+      }
+    } catch (err) {
+      session.abandon(err);
+      throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);
+    }
+  }
+
+  /** One synchronous render; Nunjucks calls back in the same tick unless something async ran. */
+  private renderPass(tmpl: nunjucks.Template, context: object): string {
+    let done = false;
+    let error: unknown;
+    let html = '';
+    // A parent frame makes Nunjucks call back synchronously instead of via setImmediate.
+    const frame = new (nunjucks.runtime as unknown as { Frame: new () => unknown }).Frame();
+    (tmpl.render as unknown as (ctx: object, frame: unknown, cb: (e: unknown, r: string) => void) => void)(context, frame, (err, res) => {
+      if (done) return; // a late callback of an async filter: the pass was already rejected
+      done = true;
+      error = err;
+      html = res;
+    });
+    if (!done) {
+      done = true;
+      throw new AsyncTemplateError(
+        `template ${this.relative((tmpl as unknown as { path?: string }).path)} uses an asynchronous filter, extension or loader; fragcache renders synchronously so that no output is lost. Make it synchronous, or compute the value before rendering.`,
+      );
+    }
+    if (error) throw error;
+    return html;
+  }
+
+  private relative(p: string | undefined): string {
+    if (!p) return '(string)';
+    for (const v of this.views) if (p.startsWith(v + path.sep)) return path.relative(v, p);
+    return p;
+  }
+
+  /** Turns a Nunjucks error into a {@link TemplateError} naming the template, line and column where it happened. */
+  templateError(err: unknown, fallbackName?: string): FragcacheError {
+    if (err instanceof FragcacheError) return err;
+    const e = err as Error & { cause?: unknown };
+    const message = String(e?.message ?? err);
+    let template: string | undefined;
+    let line: number | undefined;
+    let column: number | undefined;
+    // Nunjucks writes "(path) [Line l, Column c]" for the template where the error happened, "(path)" for its includers.
+    for (const m of message.matchAll(POSITION)) {
+      if (m[2]) {
+        template = m[1];
+        line = Number(m[2]);
+        column = Number(m[3]);
+      } else if (!template) template = m[1];
+    }
+    template = template === 'unknown path' || !template ? fallbackName : template;
+    const name = this.relative(template);
+    let cause: unknown = e?.cause ?? err;
+    const detail = message.replace(POSITION, '').replace(/^\s+/gm, '').trim();
+    if (/template not found/i.test(message)) return new TemplateError(`template not found: ${detail.replace(/^.*template not found:\s*/i, '')}`, name, undefined, undefined, { cause });
+    const where = [name, line, column].filter((x) => x !== undefined).join(':');
+    if (cause instanceof TemplateError) cause = cause.cause ?? cause;
+    return new TemplateError(`${where}: ${detail}`, name, line, column, { cause });
+  }
+
+  /** Drops every variant of a fragment (or with `vary`, one variant) in every store, and whatever contains it. */
+  async invalidate(name: string, vary?: readonly unknown[]): Promise<void> {
+    await Promise.all(this.distinctCaches().map((c) => c.invalidate(name, vary)));
+  }
+
+  /** Drops every fragment, page and value tagged with any of `tags`, in every store. */
+  async invalidateTag(...tags: string[]): Promise<void> {
+    await Promise.all(this.distinctCaches().map((c) => c.invalidateTag(...tags)));
+  }
+
+  /**
+   * Invalidates on app events: when `emitter` emits `event`, drops the fragment names and tags that
+   * `what` gives (a fixed list, or a function of the event's arguments). Returns a function that unbinds.
+   * Failures are reported through the `error` event.
+   *
+   * @example engine.invalidateOn(articles, 'saved', (a) => ({ tags: [`article:${a.id}`], names: ['recent'] }))
+   */
+  invalidateOn(
+    emitter: NodeJS.EventEmitter,
+    event: string | symbol,
+    what: InvalidationTargets | ((...args: any[]) => InvalidationTargets), // eslint-disable-line @typescript-eslint/no-explicit-any
+  ): () => void {
+    const listener = (...args: unknown[]) => {
+      let targets: InvalidationTargets;
+      try {
+        targets = typeof what === 'function' ? what(...args) : what;
+      } catch (err) {
+        this.cache.report(err);
+        return;
+      }
+      const jobs: Promise<void>[] = [];
+      for (const n of targets.names ?? []) jobs.push(typeof n === 'string' ? this.invalidate(n) : this.invalidate(n.name, n.vary));
+      if (targets.tags?.length) jobs.push(this.invalidateTag(...targets.tags));
+      const done = Promise.all(jobs).then(
+        () => undefined,
+        (err) => this.cache.report(err),
+      );
+      this.pending.add(done);
+      void done.finally(() => this.pending.delete(done));
+    };
+    emitter.on(event, listener);
+    return () => emitter.off(event, listener);
+  }
+
+  private readonly pending = new Set<Promise<unknown>>();
+
+  /** Resolves when every invalidation started by {@link invalidateOn} so far has finished. */
+  async settled(): Promise<void> {
+    await Promise.all([...this.pending]);
+  }
+
+  private distinctCaches(): FragmentCache[] {
+    return [...new Set(this.caches.values())];
+  }
+
+  /** Hits, misses, stores and errors over all stores, overall and per fragment name. */
+  stats(): Counters & { fragments: Record<string, Counters> } {
+    const sum = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fragments: {} as Record<string, Counters> };
+    for (const c of this.distinctCaches()) {
+      const s = c.stats();
+      for (const k of ['hits', 'misses', 'stores', 'stale', 'errors'] as const) sum[k] += s[k];
+      for (const [name, f] of Object.entries(s.fragments)) {
+        const t = (sum.fragments[name] ??= { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 });
+        for (const k of ['hits', 'misses', 'stores', 'stale', 'errors'] as const) t[k] += f[k];
+      }
+    }
+    return sum;
+  }
+
+  /** Waits for pending invalidations and closes every store. */
+  async close(): Promise<void> {
+    await this.settled();
+    await Promise.all(this.distinctCaches().map((c) => c.close()));
+  }
+}
+
+/** What an app event invalidates: fragment names (or one variant each) and tags. */
+export interface InvalidationTargets {
+  names?: (string | { name: string; vary: unknown[] })[];
+  tags?: string[];
+}
+
+/** Creates an engine. See {@link EngineOptions}. */
+export function createEngine(options: EngineOptions = {}): Engine {
+  return new Engine(options);
+}

@@ -1,0 +1,155 @@
+/**
+ * The Nunjucks extension: parses `cache ttl name [vary…] [tags=[…]] [when=expr] [using="alias"]
+ * [stale=secs] [digest=false]` … `endcache`, and hands each render to the {@link RenderSession}.
+ *
+ * The tag is a *synchronous* Nunjucks extension (`CallExtension`), never `CallExtensionAsync`: Nunjucks
+ * drops the output of async extensions in macros, `set` captures, `call`/`filter` blocks and includes in
+ * loops (mozilla/nunjucks #1252, #1363, #617, #792). Store reads happen between passes instead.
+ * @module
+ */
+import nunjucks from 'nunjucks';
+import { FragmentCache } from './cache';
+import { sourceDigest } from './keys';
+import { currentSession, RenderSession, type Block, type CacheResolver, type TagOptions } from './render';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- Nunjucks' parser API is untyped */
+type Parser = any;
+type Nodes = any;
+type Lexer = any;
+
+const OPTIONS = ['tags', 'when', 'using', 'stale', 'digest'] as const;
+const NAME = /^[A-Za-z0-9_.:-]+$/;
+
+/** The `cache` tag. Add it to an Environment with `env.addExtension('FragmentCache', new CacheExtension(resolver))`. */
+export class CacheExtension {
+  readonly tags = ['cache'];
+  private warnedAsync = false;
+
+  /** `resolveCache(alias)` gives the cache of a `using=` alias, or the fragments default for `undefined`. */
+  constructor(private readonly resolveCache: CacheResolver) {}
+
+  parse(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
+    const tok = parser.nextToken();
+    const at = (t: { lineno: number; colno: number }) => [t.lineno, t.colno] as const;
+    const isEnd = () => {
+      const p = parser.peekToken();
+      return !p || p.type === lexer.TOKEN_BLOCK_END;
+    };
+    if (isEnd()) parser.fail('cache tag needs a ttl and a name: <% cache ttl name [vary…] %>', ...at(tok));
+    const ttl = parser.parseExpression();
+    parser.skip(lexer.TOKEN_COMMA);
+    if (isEnd()) parser.fail('cache tag needs a name after the ttl: <% cache ttl name [vary…] %>', ...at(tok));
+    const name = this.parseName(parser, lexer);
+
+    const vary: unknown[] = [];
+    const options: unknown[] = [];
+    let digest = true;
+    const seen = new Set<string>();
+    while (!isEnd()) {
+      if (parser.skip(lexer.TOKEN_COMMA)) continue;
+      const next = parser.peekToken();
+      // An option is `word=`: look at the source right after the word (the parser has one token of lookahead).
+      const rest: string = parser.tokens.str.slice(parser.tokens.index);
+      if (next.type === lexer.TOKEN_SYMBOL && /^\s*=(?!=)/.test(rest)) {
+        parser.nextToken();
+        parser.nextToken(); // '='
+        const opt = next.value as string;
+        if (!(OPTIONS as readonly string[]).includes(opt)) {
+          parser.fail(`cache tag: unknown option "${opt}" (options: ${OPTIONS.join(', ')})`, next.lineno, next.colno);
+        }
+        if (seen.has(opt)) parser.fail(`cache tag: option "${opt}" given twice`, next.lineno, next.colno);
+        seen.add(opt);
+        const value = parser.parseExpression();
+        if (opt === 'digest') {
+          if (!(value instanceof nodes.Literal) || typeof value.value !== 'boolean') {
+            parser.fail('cache tag: digest= takes true or false', next.lineno, next.colno);
+          }
+          digest = value.value;
+        } else {
+          options.push(new nodes.Pair(next.lineno, next.colno, new nodes.Literal(next.lineno, next.colno, opt), value));
+        }
+        continue;
+      }
+      if (seen.size) parser.fail('cache tag: vary values must come before the options', next.lineno, next.colno);
+      vary.push(parser.parseExpression());
+    }
+    parser.advanceAfterBlockEnd(tok.value);
+
+    const start: number = parser.tokens.index;
+    const body = parser.parseUntilBlocks('endcache');
+    const end = parser.peekToken();
+    if (!end || end.value !== 'endcache') {
+      parser.fail(`cache tag "${name}" opened at line ${tok.lineno + 1} has no endcache`, ...at(tok));
+    }
+    const source: string = parser.tokens.str.slice(start, parser.tokens.index);
+    parser.advanceAfterBlockEnd();
+
+    const [line, col] = at(tok);
+    const lit = (v: unknown) => new nodes.Literal(line, col, v);
+    const args = new nodes.NodeList(line, col, [
+      lit(name),
+      digest ? lit(sourceDigest(source)) : lit(null),
+      lit(line + 1),
+      lit(col + 1),
+      ttl,
+      new nodes.Array(line, col, vary),
+      new nodes.Dict(line, col, options),
+    ]);
+    return new nodes.CallExtension(this, 'run', args, [body]);
+  }
+
+  /** A bare identifier (letters, digits, `_ - . :`) or a string literal, taken literally. */
+  private parseName(parser: Parser, lexer: Lexer): string {
+    const first = parser.nextToken();
+    if (first.type === lexer.TOKEN_STRING) {
+      if (!first.value) parser.fail('cache tag: the name must not be empty', first.lineno, first.colno);
+      return first.value;
+    }
+    let name = String(first.value);
+    // Glue the tokens of `sidebar-left`, `a.b`, `x:y` back together, up to the next space.
+    for (;;) {
+      const t = parser.nextToken(true);
+      if (!t || t.type === lexer.TOKEN_WHITESPACE) break;
+      if (t.type === lexer.TOKEN_BLOCK_END || t.type === lexer.TOKEN_COMMA) {
+        parser.pushToken(t);
+        break;
+      }
+      name += String(t.value);
+    }
+    const ok = [lexer.TOKEN_SYMBOL, lexer.TOKEN_INT, lexer.TOKEN_FLOAT, lexer.TOKEN_BOOLEAN, lexer.TOKEN_NONE].includes(first.type);
+    if (!ok || !NAME.test(name)) {
+      parser.fail(`cache tag: the name must be an identifier (letters, digits, _ - . :) or a string, got ${JSON.stringify(name)}`, first.lineno, first.colno);
+    }
+    return name;
+  }
+
+  /** Called by compiled templates. */
+  run(
+    _context: unknown,
+    name: string,
+    digest: string | null,
+    line: number,
+    column: number,
+    ttl: unknown,
+    vary: unknown[],
+    options: TagOptions,
+    body: () => string,
+  ): unknown {
+    const block: Block = { name, digest, line, column };
+    const session = currentSession();
+    if (session) return session.fragment(block, ttl, vary, options, body);
+    // `env.render()` called directly: fine with a same-tick store (memory), one pass.
+    const cache = this.resolveCache(typeof options.using === 'string' ? options.using : undefined);
+    if (cache && !cache.store.sync) {
+      if (!this.warnedAsync) {
+        this.warnedAsync = true;
+        cache.report(new Error(`env.render() cannot read the ${cache.store.kind} store synchronously: fragments render uncached. Use engine.render().`));
+      }
+      return new nunjucks.runtime.SafeString(body());
+    }
+    const implicit = new RenderSession(this.resolveCache);
+    return implicit.pass(() => implicit.fragment(block, ttl, vary, options, body));
+  }
+}
+
+export type { FragmentCache };

@@ -1,0 +1,17 @@
+/**
+ * fragcache: fragment and page caching for Nunjucks.
+ * @packageDocumentation
+ */
+export { createEngine, Engine, type EngineOptions, type Explained, type InvalidationTargets } from './engine';
+export { FragmentCache, type CacheOptions, type Counters, type SetOptions, type CacheEvents, type FragmentEvent } from './cache';
+export { CacheExtension } from './extension';
+export type { FragmentTrace } from './render';
+export type { Store, SyncStore, StoreWrite } from './store';
+export type { Entry } from './entry';
+export { MemoryStore, type MemoryStoreOptions } from './stores/memory';
+export { KeyvStore, type KeyvStoreOptions } from './stores/keyv';
+export { createStore, registerScheme, type StoreSpec } from './stores';
+export { fragmentKey, encodeValue } from './keys';
+export type { Ttl } from './duration';
+export type { GuardOptions } from './guard';
+export * from './errors';

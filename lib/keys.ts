@@ -1,0 +1,99 @@
+/**
+ * Cache keys that cannot collide.
+ *
+ * Vary values are written in a typed, self-delimiting encoding (every item says its type, strings say
+ * their length), so the encoding of a tuple is injective: `1` and `"1"`, `null`, `"null"` and
+ * `undefined`, `["a:","b"]` and `["a",":b"]`, `["a","b"]` and `["a:b"]` all differ. Short printable
+ * encodings go into the key as they are (readable in `fragcache keys`); anything long or with spaces,
+ * control characters or non-ASCII is replaced by its SHA-256, so stored keys have a bounded length and
+ * values that come from users cannot be shaped to collide. The two forms start with different markers
+ * (`=` and `#`), so they cannot collide with each other either.
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import { KeyError, describe } from './errors';
+
+/** Longest encoding kept verbatim in a key; longer ones are hashed. */
+const MAX_VERBATIM = 64;
+const PRINTABLE = /^[\x21-\x7e]*$/;
+const NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+/** SHA-256, base64url (43 characters). */
+export function hash(text: string): string {
+  return createHash('sha256').update(text).digest('base64url');
+}
+
+/** The typed encoding of one value (see the module comment). Throws {@link KeyError} for what cannot be a key. */
+export function encodeValue(value: unknown, seen: unknown[] = []): string {
+  switch (typeof value) {
+    case 'string':
+      return `s${value.length}:${value}`;
+    case 'number':
+      return Object.is(value, -0) ? 'n-0;' : `n${value};`;
+    case 'boolean':
+      return value ? 'T' : 'F';
+    case 'undefined':
+      return 'U';
+    case 'bigint':
+      return `b${value};`;
+    case 'object': {
+      if (value === null) return 'N';
+      if (value instanceof Date) return `d${Number.isNaN(value.getTime()) ? 'NaN' : value.toISOString()};`;
+      // Nunjucks' SafeString (markup) varies like the text it holds.
+      if (value instanceof String) return encodeValue(value.toString(), seen);
+      if (seen.includes(value)) throw new KeyError('cannot vary on a cyclic object');
+      seen.push(value);
+      let out: string;
+      if (Array.isArray(value)) {
+        out = '[' + value.map((v) => encodeValue(v, seen)).join('') + ']';
+      } else if (value instanceof Map || value instanceof Set) {
+        throw new KeyError(`cannot vary on ${describe(value)}: pass an array or a plain object`);
+      } else {
+        // Key order does not matter; class instances (records) vary on their own enumerable fields.
+        const keys = Object.keys(value).sort();
+        out = '{' + keys.map((k) => encodeValue(k) + encodeValue((value as Record<string, unknown>)[k], seen)).join('') + '}';
+      }
+      seen.pop();
+      return out;
+    }
+    default:
+      throw new KeyError(`cannot vary on ${describe(value)}`);
+  }
+}
+
+/** The key part for a tuple of vary values: verbatim (`=…`) when short and printable, else hashed (`#…`). */
+export function varyPart(vary: readonly unknown[]): string {
+  let enc = '';
+  for (const v of vary) enc += encodeValue(v);
+  return enc.length <= MAX_VERBATIM && PRINTABLE.test(enc) ? `=${enc}` : `#${hash(enc)}`;
+}
+
+/** The key part for a fragment name: the name itself when it is a short identifier, else its hash. */
+export function namePart(name: string): string {
+  return NAME.test(name) ? name : `#${hash(name)}`;
+}
+
+/** `digest` is the block-source digest, or `null` for `digest=false`. */
+export function fragmentKey(prefix: string, name: string, digest: string | null, vary: readonly unknown[]): string {
+  return `${prefix}f:${namePart(name)}/${digest ?? '-'}/${varyPart(vary)}`;
+}
+
+/** The tag that every entry of a fragment name carries (used by `invalidate(name)`). */
+export function nameTag(name: string): string {
+  return `n/${namePart(name)}`;
+}
+
+/** The tag that every entry of one variant carries, across templates and digests (`invalidate(name, vary)`). */
+export function variantTag(name: string, vary: readonly unknown[]): string {
+  return `v/${namePart(name)}/${varyPart(vary)}`;
+}
+
+/** The tag key of a user tag (`tags=[…]`, `invalidateTag`). User tags are free text, hence the hash rule. */
+export function userTag(tag: string): string {
+  return `t/${varyPart([tag])}`;
+}
+
+/** Short digest of a block's source (12 hex chars = 48 bits: it separates versions of one block, not users). */
+export function sourceDigest(source: string): string {
+  return createHash('sha256').update(source).digest('hex').slice(0, 12);
+}

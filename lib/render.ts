@@ -1,0 +1,397 @@
+/**
+ * One render of one page: the state that lets a synchronous `cache` tag work over asynchronous stores.
+ *
+ * A render is a series of synchronous passes. In a pass, a fragment whose key is not known yet renders
+ * nothing (its body does not run) and is noted; between passes the noted keys are fetched in one batch
+ * (`getMany`), with the tag versions that validate them; the next pass serves the hits and renders the
+ * misses, which may in turn discover nested fragments. A body's output is stored only when it rendered
+ * complete (no unknown fragment inside it). A store that answers in the same tick (memory) resolves keys
+ * during the pass, so one pass is enough. Because each pass is plain synchronous Nunjucks, the tag works
+ * everywhere a block tag can stand (macros, `set` captures, `call`, `filter`, includes in loops), where
+ * Nunjucks' own async extensions drop output.
+ * @module
+ */
+import nunjucks from 'nunjucks';
+import { FragmentCache } from './cache';
+import { parseTtl } from './duration';
+import { flatten, type Entry } from './entry';
+import { FragmentArgumentError, KeyError, describe } from './errors';
+import { fragmentKey, nameTag, userTag, variantTag } from './keys';
+import type { StoreWrite } from './store';
+
+/** What the parser knows about one `cache` block. */
+export interface Block {
+  name: string;
+  /** Digest of the block's source, or null with `digest=false`. */
+  digest: string | null;
+  /** 1-based position of the tag. */
+  line: number;
+  column: number;
+}
+
+/** Options given in the tag (`tags=`, `when=`, `using=`, `stale=`). */
+export interface TagOptions {
+  tags?: unknown;
+  when?: unknown;
+  using?: unknown;
+  stale?: unknown;
+}
+
+/** One fragment as `explain` reports it, in the order fragments appear in the output. */
+export interface FragmentTrace {
+  name: string;
+  vary: unknown[];
+  key: string;
+  status: 'hit' | 'miss' | 'stale' | 'uncached';
+  /** Time spent in this fragment (rendering the body on a miss, serving on a hit), ms. */
+  ms: number;
+  /** Characters of output. */
+  size: number;
+  /** Seconds until the entry expires; null for no expiry, undefined when not stored. */
+  ttlLeft?: number | null;
+  tags: string[];
+  /** Nesting depth (0 = not inside another fragment). */
+  depth: number;
+}
+
+/** Resolves the cache a fragment uses (`using=` alias or the fragments default). */
+export type CacheResolver = (alias: string | undefined) => FragmentCache | undefined;
+
+interface Spec {
+  block: Block;
+  cache: FragmentCache;
+  key: string;
+  ttlMs: number | null;
+  staleMs: number;
+  /** Store keys of the fragment's own tags (name, variant, user tags). */
+  ownTags: string[];
+  userTags: string[];
+  vary: unknown[];
+}
+
+type Resolution =
+  | { kind: 'hit'; entry: Entry; stale?: boolean; fresh?: boolean }
+  | { kind: 'miss'; store: boolean };
+
+interface Frame {
+  deps: Record<string, string>;
+  complete: boolean;
+}
+
+const SafeString = nunjucks.runtime.SafeString;
+
+let current: RenderSession | undefined;
+
+/** The session of the pass running now, if any. Passes are synchronous, so one at a time. */
+export function currentSession(): RenderSession | undefined {
+  return current;
+}
+
+/** Raises a render-time argument error at the tag's position (Nunjucks adds the template name). */
+function argError(block: Block, message: string): Error {
+  const cause = new FragmentArgumentError(`cache "${block.name}": ${message}`);
+  const err = new nunjucks.lib.TemplateError(cause as unknown as string, block.line, block.column);
+  return err;
+}
+
+/** State of one render across its passes. */
+export class RenderSession {
+  private readonly resolved = new Map<string, Resolution>();
+  private readonly versions = new Map<string, string>();
+  private readonly wanted = new Map<string, Spec>();
+  private readonly stack: Frame[] = [];
+  private readonly writes = new Map<FragmentCache, StoreWrite[]>();
+  private readonly claims = new Map<string, FragmentCache>();
+  private readonly writtenKeys = new Set<string>();
+  /** Fragments of the current pass, when tracing. */
+  trace: FragmentTrace[] | undefined;
+  private tracing: boolean;
+
+  constructor(private readonly resolveCache: CacheResolver, options: { trace?: boolean } = {}) {
+    this.tracing = options.trace ?? false;
+  }
+
+  /** True when the last pass met fragments whose keys must be fetched first. */
+  get incomplete(): boolean {
+    return this.wanted.size > 0;
+  }
+
+  /** Runs one synchronous pass with this session current. */
+  pass<T>(fn: () => T): T {
+    const previous = current;
+    current = this;
+    this.wanted.clear();
+    this.trace = this.tracing ? [] : undefined;
+    try {
+      return fn();
+    } finally {
+      current = previous;
+      this.stack.length = 0;
+    }
+  }
+
+  /** Evaluates a tag's arguments into a spec; throws a template error on bad values. */
+  private spec(block: Block, ttl: unknown, vary: unknown[], opts: TagOptions): Spec | undefined {
+    const t = parseTtl(ttl);
+    if ('error' in t) throw argError(block, `${t.error}, got ${describe(ttl)}`);
+    let staleMs = 0;
+    if (opts.stale !== undefined) {
+      const s = parseTtl(opts.stale);
+      if ('error' in s || s.ms === null) throw argError(block, `stale must be seconds or a duration, got ${describe(opts.stale)}`);
+      staleMs = s.ms;
+    }
+    if (opts.using !== undefined && typeof opts.using !== 'string') {
+      throw argError(block, `using must be a store alias (a string), got ${describe(opts.using)}`);
+    }
+    const cache = this.resolveCache(opts.using as string | undefined);
+    if (!cache) throw argError(block, `unknown store alias ${describe(opts.using)} in using=`);
+    const tags = opts.tags;
+    if (tags !== undefined && (!Array.isArray(tags) || !tags.every((x) => typeof x === 'string' && x.length > 0))) {
+      throw argError(block, `tags must be a list of non-empty strings, got ${describe(tags)}`);
+    }
+    let key: string;
+    try {
+      key = fragmentKey(cache.base, block.name, block.digest, vary);
+    } catch (err) {
+      if (err instanceof KeyError) throw argError(block, err.message);
+      throw err;
+    }
+    const userTags = (tags as string[] | undefined) ?? [];
+    const ownTags = [nameTag(block.name), variantTag(block.name, vary), ...userTags.map(userTag)].map((t) => cache.tagKey(t));
+    return { block, cache, key, ttlMs: t.ms, staleMs, ownTags, userTags, vary };
+  }
+
+  /** The tag's work: serve a hit, render a miss, or note an unknown key. */
+  fragment(block: Block, ttl: unknown, vary: unknown[], opts: TagOptions, body: () => string): unknown {
+    if ('when' in opts && !opts.when) return this.uncached(block, vary, body);
+    const spec = this.spec(block, ttl, vary, opts)!;
+    if (spec.ttlMs === 0) return this.uncached(block, vary, body);
+    const started = this.trace ? performance.now() : 0;
+    const r = this.lookup(spec);
+    if (!r) {
+      for (const f of this.stack) f.complete = false;
+      this.wanted.set(spec.key, spec);
+      return '';
+    }
+    const depth = this.stack.length;
+    if (r.kind === 'hit') {
+      this.inherit(r.entry.tags);
+      if (this.trace) this.traceFragment(spec, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry.body.length, depth, r.entry);
+      return new SafeString(r.entry.body);
+    }
+    const frame: Frame = { deps: {}, complete: true };
+    this.stack.push(frame);
+    const renderStart = performance.now();
+    let out: string;
+    try {
+      out = body();
+    } finally {
+      this.stack.pop();
+    }
+    const cost = performance.now() - renderStart;
+    if (!frame.complete) {
+      for (const f of this.stack) f.complete = false;
+      return new SafeString(out);
+    }
+    const tags: Record<string, string> = {};
+    if (r.store) for (const k of spec.ownTags) tags[k] = this.versions.get(k)!;
+    Object.assign(tags, frame.deps);
+    this.inherit(tags);
+    const now = Date.now();
+    const entry: Entry = {
+      body: flatten(out),
+      created: now,
+      expires: spec.ttlMs === null ? null : now + spec.ttlMs,
+      staleUntil: spec.ttlMs === null || !spec.staleMs ? undefined : now + spec.ttlMs + spec.staleMs,
+      cost: Math.round(cost),
+      tags,
+      meta: { name: block.name },
+    };
+    // Later passes (and repeats of the same fragment in this page) reuse this output.
+    this.resolved.set(spec.key, { kind: 'hit', entry, fresh: true });
+    if (r.store) this.write(spec, entry);
+    else this.release(spec.key, entry);
+    if (this.trace) this.traceFragment(spec, 'miss', started, out.length, depth, entry);
+    return new SafeString(out);
+  }
+
+  /** `when` false or ttl 0: the body renders every time; fragments inside still tie to the enclosing one. */
+  private uncached(block: Block, vary: unknown[], body: () => string): unknown {
+    const started = this.trace ? performance.now() : 0;
+    const depth = this.stack.length;
+    const out = body();
+    if (this.trace) {
+      this.trace.push({ name: block.name, vary, key: '', status: 'uncached', ms: performance.now() - started, size: out.length, tags: [], depth });
+    }
+    return new SafeString(out);
+  }
+
+  private traceFragment(spec: Spec, status: FragmentTrace['status'], started: number, size: number, depth: number, entry: Entry): void {
+    const ttlLeft = entry.expires === null ? null : Math.max(0, Math.round((entry.expires - Date.now()) / 1000));
+    this.trace!.push({ name: spec.block.name, vary: spec.vary, key: spec.key, status, ms: performance.now() - started, size, ttlLeft, tags: spec.userTags, depth });
+  }
+
+  /** Adds a served or rendered fragment's tags to the fragment that contains it. */
+  private inherit(tags: Record<string, string> | undefined): void {
+    const parent = this.stack[this.stack.length - 1];
+    if (parent && tags) Object.assign(parent.deps, tags);
+  }
+
+  /** Resolution of a spec's key, resolving synchronously on a same-tick store; undefined when unknown yet. */
+  private lookup(spec: Spec): Resolution | undefined {
+    const known = this.resolved.get(spec.key);
+    if (known) return known;
+    const sync = spec.cache.store.sync;
+    if (!sync) return undefined;
+    for (const k of spec.ownTags) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
+    const entry = sync.get(spec.key);
+    let r: Resolution;
+    if (entry && this.valid(entry, spec.cache)) r = { kind: 'hit', entry };
+    else r = { kind: 'miss', store: true };
+    this.record(spec, r);
+    return r;
+  }
+
+  /** Unexpired and stamped with the current version of every tag. */
+  private valid(entry: Entry, cache: FragmentCache): boolean {
+    if (entry.expires !== null && entry.expires <= Date.now()) return false;
+    const tags = entry.tags;
+    if (!tags) return true;
+    const sync = cache.store.sync;
+    for (const k in tags) {
+      let v = this.versions.get(k);
+      if (v === undefined && sync) {
+        // Dependency tags are read, never created: a missing version means the entry is invalid.
+        v = sync.get(k)?.body;
+        if (v !== undefined) this.versions.set(k, v);
+      }
+      if (v !== tags[k]) return false;
+    }
+    return true;
+  }
+
+  private record(spec: Spec, r: Resolution): void {
+    this.resolved.set(spec.key, r);
+    const name = spec.block.name;
+    const kind = r.kind === 'hit' ? 'hits' : 'misses';
+    spec.cache.count(name, kind);
+    spec.cache.emit(r.kind === 'hit' ? 'hit' : 'miss', { name, key: spec.key, age: r.kind === 'hit' ? Date.now() - r.entry.created : undefined });
+  }
+
+  private write(spec: Spec, entry: Entry): void {
+    if (this.writtenKeys.has(spec.key)) return;
+    this.writtenKeys.add(spec.key);
+    const ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
+    const cache = spec.cache;
+    cache.count(spec.block.name, 'stores');
+    cache.emit('store', { name: spec.block.name, key: spec.key });
+    if (cache.store.sync) {
+      cache.store.sync.set(spec.key, entry, ttlMs);
+    } else {
+      let list = this.writes.get(cache);
+      if (!list) this.writes.set(cache, (list = []));
+      list.push({ key: spec.key, entry, ttlMs });
+    }
+    this.release(spec.key, entry);
+  }
+
+  private release(key: string, entry: Entry): void {
+    const cache = this.claims.get(key);
+    if (cache) {
+      this.claims.delete(key);
+      cache.release(key, { entry });
+    }
+  }
+
+  /** Fetches every key the last pass noted (one batch per store), with the tag versions that validate them. */
+  async resolveWanted(): Promise<void> {
+    const byCache = new Map<FragmentCache, Spec[]>();
+    for (const spec of this.wanted.values()) {
+      let list = byCache.get(spec.cache);
+      if (!list) byCache.set(spec.cache, (list = []));
+      list.push(spec);
+    }
+    this.wanted.clear();
+    await Promise.all([...byCache].map(([cache, specs]) => this.resolveBatch(cache, specs)));
+  }
+
+  private async resolveBatch(cache: FragmentCache, specs: Spec[]): Promise<void> {
+    const ownTags = [...new Set(specs.flatMap((s) => s.ownTags))].filter((k) => !this.versions.has(k));
+    const keys = specs.map((s) => s.key);
+    // Round trip 1: the entries and the tag versions we already know we need.
+    const found = await cache.readMany([...keys, ...ownTags]);
+    const missingTags: string[] = [];
+    ownTags.forEach((k, i) => {
+      const e = found[keys.length + i];
+      if (e) this.versions.set(k, e.body);
+      else missingTags.push(k);
+    });
+    // Round trip 2 (only when entries carry tags of fragments nested in them): their dependency versions.
+    const depTags = new Set<string>();
+    for (let i = 0; i < keys.length; i++) {
+      const tags = found[i]?.tags;
+      if (tags) for (const k in tags) if (!this.versions.has(k) && !missingTags.includes(k)) depTags.add(k);
+    }
+    if (depTags.size) {
+      const deps = [...depTags];
+      const got = await cache.readMany(deps);
+      deps.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
+    }
+    // Own tags never written (or evicted) get a fresh version before any body renders.
+    let canStore = true;
+    if (missingTags.length) {
+      try {
+        for (const [k, v] of await cache.tagVersions(missingTags)) this.versions.set(k, v);
+      } catch (err) {
+        cache.report(err);
+        canStore = false;
+      }
+    }
+    const misses: Spec[] = [];
+    specs.forEach((spec, i) => {
+      const entry = found[i];
+      if (entry && this.valid(entry, cache)) this.record(spec, { kind: 'hit', entry });
+      else misses.push(spec);
+    });
+    await Promise.all(misses.map((spec) => this.claimMiss(spec, canStore && spec.ownTags.every((k) => this.versions.has(k)))));
+  }
+
+  /** Single-flight: the first render that misses a key renders it; the others wait for its output. */
+  private async claimMiss(spec: Spec, canStore: boolean): Promise<void> {
+    for (;;) {
+      const c = spec.cache.claim(spec.key);
+      if (c.mine) {
+        this.claims.set(spec.key, spec.cache);
+        this.record(spec, { kind: 'miss', store: canStore });
+        return;
+      }
+      const entry = await c.running; // rejects with the first render's error
+      if (entry) {
+        this.record(spec, { kind: 'hit', entry });
+        return;
+      }
+    }
+  }
+
+  /** Stores what this render produced (one batch per store). Never throws: failures are reported. */
+  async flush(): Promise<void> {
+    const pending = [...this.writes];
+    this.writes.clear();
+    await Promise.all(pending.map(([cache, writes]) => cache.writeMany(writes)));
+    this.abandon();
+  }
+
+  /** Releases this render's claims: with the error when it failed, else with nothing (not produced). */
+  abandon(error?: unknown): void {
+    for (const [key, cache] of this.claims) cache.release(key, error === undefined ? {} : { error });
+    this.claims.clear();
+  }
+}
+
+/**
+ * For `env.render()` called directly (no engine render around it) with a same-tick store: one pass,
+ * served and stored synchronously.
+ */
+export function implicitSession(resolveCache: CacheResolver): RenderSession {
+  return new RenderSession(resolveCache);
+}

@@ -1,0 +1,53 @@
+/**
+ * The contract every backend implements (Django's `BaseCache`, reduced to what fragments need).
+ * Stores see only full keys and {@link Entry} objects; keys, tags and expiry rules live in the cache.
+ * @module
+ */
+import type { Entry } from './entry';
+
+/** One write. `ttlMs: null` keeps the entry until it is evicted or deleted. */
+export interface StoreWrite {
+  key: string;
+  entry: Entry;
+  ttlMs: number | null;
+}
+
+/**
+ * A cache backend. Implementations: {@link MemoryStore} (default), `KeyvStore` (any Keyv, SQLite),
+ * `RedisStore`, `MemcacheStore`. Methods may reject; the cache puts every call under a time budget and a
+ * circuit breaker, so a store need not defend itself against slowness.
+ */
+export interface Store {
+  /** Short name for messages and events: `memory`, `redis`, `memcache`, `sqlite`, `keyv`. */
+  readonly kind: string;
+  /**
+   * Present when the store answers in the same tick (the memory store). A render then needs a single
+   * pass, and plain synchronous `env.render()` works.
+   */
+  readonly sync?: SyncStore;
+  /** True when several processes can share this store (Redis, Memcached, SQLite). */
+  readonly shared: boolean;
+  /** Reads many keys in one round trip where the backend allows; `undefined` for a miss. */
+  getMany(keys: readonly string[]): Promise<(Entry | undefined)[]>;
+  setMany(writes: readonly StoreWrite[]): Promise<void>;
+  /** Writes only if the key is absent; true when written. Atomic where the backend allows (Redis, Memcached). */
+  add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean>;
+  deleteMany(keys: readonly string[]): Promise<void>;
+  /** Deletes every key that starts with `prefix` (and nothing else); returns how many, when known. */
+  clear(prefix: string): Promise<number | undefined>;
+  /** Lists keys that start with `prefix`. */
+  keys?(prefix: string): AsyncIterable<string>;
+  /** Takes a cross-process lock; resolves to a token when taken, `undefined` when someone holds it. */
+  lock?(key: string, ttlMs: number): Promise<string | undefined>;
+  /** Releases a lock, only if `token` still owns it. */
+  unlock?(key: string, token: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Same-tick access to an in-process store. */
+export interface SyncStore {
+  get(key: string): Entry | undefined;
+  set(key: string, entry: Entry, ttlMs: number | null): void;
+  add(key: string, entry: Entry, ttlMs: number | null): boolean;
+  delete(key: string): void;
+}

@@ -1,0 +1,78 @@
+/**
+ * Any Keyv instance (or Keyv storage adapter) as a fragcache store.
+ * Entries are written as strings in fragcache's own format (no JSON of the body), and Keyv's own
+ * serializer is bypassed, so what the backend holds is exactly {@link encodeEntry}'s output.
+ * @module
+ */
+import Keyv, { type KeyvStoreAdapter } from 'keyv';
+import { decodeEntry, encodeEntry, type Entry } from '../entry';
+import type { Store, StoreWrite } from '../store';
+
+/** Options of {@link KeyvStore}. */
+export interface KeyvStoreOptions {
+  /** Name in messages and events (default `keyv`). */
+  kind?: string;
+  /** True when several processes may share the backend (default: true unless it is Keyv's in-memory Map). */
+  shared?: boolean;
+}
+
+/**
+ * Wraps a Keyv. Atomic `add` and locks need backend support, which generic Keyv lacks: `add` here is a
+ * read then a write (a race only costs an extra miss, never a stale hit; see the README).
+ */
+export class KeyvStore implements Store {
+  readonly kind: string;
+  readonly shared: boolean;
+  readonly keyv: Keyv;
+
+  constructor(keyvOrAdapter: Keyv | KeyvStoreAdapter | Map<unknown, unknown>, options: KeyvStoreOptions = {}) {
+    this.keyv =
+      keyvOrAdapter instanceof Keyv
+        ? keyvOrAdapter
+        : new Keyv({ store: keyvOrAdapter as KeyvStoreAdapter, namespace: 'fragcache' });
+    // fragcache writes strings in its own format; Keyv's JSON envelope would double the work.
+    this.keyv.serialize = undefined;
+    this.keyv.deserialize = undefined;
+    this.kind = options.kind ?? 'keyv';
+    this.shared = options.shared ?? !(this.keyv.store instanceof Map);
+  }
+
+  async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
+    if (!keys.length) return [];
+    const raw = (await this.keyv.getMany([...keys])) as unknown[];
+    return raw.map((r) => (r === undefined || r === null ? undefined : decodeEntry(r)));
+  }
+
+  async setMany(writes: readonly StoreWrite[]): Promise<void> {
+    const results = await Promise.all(writes.map((w) => this.keyv.set(w.key, encodeEntry(w.entry), w.ttlMs ?? undefined)));
+    if (results.some((ok) => ok === false)) throw new Error('the store refused a write');
+  }
+
+  async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
+    if ((await this.keyv.get(key)) !== undefined) return false;
+    await this.setMany([{ key, entry, ttlMs }]);
+    return true;
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    if (keys.length) await this.keyv.delete([...keys]);
+  }
+
+  async clear(prefix: string): Promise<number | undefined> {
+    const keys: string[] = [];
+    for await (const k of this.keys(prefix)) keys.push(k);
+    await this.deleteMany(keys);
+    return keys.length;
+  }
+
+  async *keys(prefix: string): AsyncIterable<string> {
+    if (!this.keyv.iterator) throw new Error(`this Keyv store cannot list its keys`);
+    for await (const [k] of this.keyv.iterator(undefined) as AsyncIterable<[string, unknown]>) {
+      if (typeof k === 'string' && k.startsWith(prefix)) yield k;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.keyv.disconnect?.();
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * The default store: in-process, bounded by bytes, least-recently-used eviction (isaacs' lru-cache).
+ * Entries are kept as objects (no JSON on the hot path) with flattened strings.
+ * @module
+ */
+import { LRUCache } from 'lru-cache';
+import type { Entry } from '../entry';
+import { OptionError } from '../errors';
+import type { Store, StoreWrite, SyncStore } from '../store';
+
+/** Options of {@link MemoryStore}. */
+export interface MemoryStoreOptions {
+  /**
+   * Upper bound of the memory the entries take, in bytes (default 64 MiB). An entry is counted as
+   * 2 bytes per character of its body (V8's worst case) plus 200 bytes; the least recently used entries
+   * are evicted to stay under it. An entry larger than the whole bound is not stored.
+   */
+  maxBytes?: number;
+}
+
+const ENTRY_OVERHEAD = 200;
+
+/** In-process store. Not shared between processes: use Redis or Memcached for that. */
+export class MemoryStore implements Store {
+  readonly kind = 'memory';
+  readonly shared = false;
+  /** Same-tick access (used by renders, so they need one pass). */
+  readonly sync: SyncStore;
+  private readonly lru: LRUCache<string, Entry>;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    const maxBytes = options.maxBytes ?? 64 * 1024 * 1024;
+    if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0) {
+      throw new OptionError('maxBytes', maxBytes, 'expected a positive whole number of bytes');
+    }
+    this.lru = new LRUCache<string, Entry>({
+      maxSize: maxBytes,
+      sizeCalculation: (e) => 2 * e.body.length + ENTRY_OVERHEAD,
+    });
+    const lru = this.lru;
+    const set = (key: string, entry: Entry, ttlMs: number | null) => {
+      if (ttlMs === null || ttlMs > 0) lru.set(key, entry, ttlMs ? { ttl: ttlMs } : undefined);
+    };
+    this.sync = {
+      get: (key) => lru.get(key),
+      set,
+      add: (key, entry, ttlMs) => {
+        if (lru.has(key)) return false;
+        set(key, entry, ttlMs);
+        return true;
+      },
+      delete: (key) => void lru.delete(key),
+    };
+  }
+
+  /** Bytes currently counted against `maxBytes`. */
+  get bytes(): number {
+    return this.lru.calculatedSize;
+  }
+
+  async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
+    return this.sync.add(key, entry, ttlMs);
+  }
+
+  async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
+    return keys.map((k) => this.lru.get(k));
+  }
+
+  async setMany(writes: readonly StoreWrite[]): Promise<void> {
+    for (const w of writes) this.sync.set(w.key, w.entry, w.ttlMs);
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    for (const k of keys) this.lru.delete(k);
+  }
+
+  async clear(prefix: string): Promise<number> {
+    let n = 0;
+    for (const k of [...this.lru.keys()]) {
+      if (k.startsWith(prefix)) {
+        this.lru.delete(k);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  async *keys(prefix: string): AsyncIterable<string> {
+    for (const k of [...this.lru.keys()]) if (k.startsWith(prefix)) yield k;
+  }
+
+  async close(): Promise<void> {}
+}
