@@ -174,9 +174,11 @@ export class RenderSession {
       return '';
     }
     const depth = this.stack.length;
+    // Traced in the order fragments open, so nested ones follow their parent.
+    const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
     if (r.kind === 'hit') {
       this.inherit(r.entry.tags);
-      if (this.trace) this.traceFragment(spec, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry.body.length, depth, r.entry);
+      if (traced) this.traceClose(traced, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
       return new SafeString(r.entry.body);
     }
     const frame: Frame = { deps: {}, complete: true };
@@ -211,24 +213,31 @@ export class RenderSession {
     this.resolved.set(spec.key, { kind: 'hit', entry, fresh: true });
     if (r.store) this.write(spec, entry);
     else this.release(spec.key, entry);
-    if (this.trace) this.traceFragment(spec, 'miss', started, out.length, depth, entry);
+    if (traced) this.traceClose(traced, 'miss', started, entry);
     return new SafeString(out);
   }
 
   /** `when` false or ttl 0: the body renders every time; fragments inside still tie to the enclosing one. */
   private uncached(block: Block, vary: unknown[], body: () => string): unknown {
     const started = this.trace ? performance.now() : 0;
-    const depth = this.stack.length;
+    const traced = this.trace ? { name: block.name, vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.stack.length } : undefined;
+    if (traced) this.trace!.push(traced);
     const out = body();
-    if (this.trace) {
-      this.trace.push({ name: block.name, vary, key: '', status: 'uncached', ms: performance.now() - started, size: out.length, tags: [], depth });
-    }
+    if (traced) Object.assign(traced, { ms: performance.now() - started, size: out.length });
     return new SafeString(out);
   }
 
-  private traceFragment(spec: Spec, status: FragmentTrace['status'], started: number, size: number, depth: number, entry: Entry): void {
-    const ttlLeft = entry.expires === null ? null : Math.max(0, Math.round((entry.expires - Date.now()) / 1000));
-    this.trace!.push({ name: spec.block.name, vary: spec.vary, key: spec.key, status, ms: performance.now() - started, size, ttlLeft, tags: spec.userTags, depth });
+  private traceOpen(spec: Spec, depth: number): FragmentTrace {
+    const t: FragmentTrace = { name: spec.block.name, vary: spec.vary, key: spec.key, status: 'miss', ms: 0, size: 0, tags: spec.userTags, depth };
+    this.trace!.push(t);
+    return t;
+  }
+
+  private traceClose(t: FragmentTrace, status: FragmentTrace['status'], started: number, entry: Entry): void {
+    t.status = status;
+    t.ms = performance.now() - started;
+    t.size = entry.body.length;
+    t.ttlLeft = entry.expires === null ? null : Math.max(0, Math.round((entry.expires - Date.now()) / 1000));
   }
 
   /** Adds a served or rendered fragment's tags to the fragment that contains it. */
