@@ -1,0 +1,129 @@
+import nunjucks from 'nunjucks';
+import { CacheExtension, createEngine, FragmentArgumentError, TemplateError } from '../lib';
+import { counter, views } from './support/views';
+
+function engineWith(files: Record<string, string> = {}, syntax: 'angle' | 'curly' = 'angle') {
+  const c = counter();
+  const engine = createEngine({ views: views(files), syntax });
+  engine.env.addFilter('count', c.filter);
+  return { engine, runs: c.runs };
+}
+
+async function errorOf(p: Promise<unknown>): Promise<TemplateError> {
+  try {
+    await p;
+  } catch (err) {
+    return err as TemplateError;
+  }
+  throw new Error('expected the render to fail');
+}
+
+describe('the cache tag: syntax', () => {
+  test('angle syntax by default, curly on request, and inside anyone\'s Environment', async () => {
+    const angle = engineWith();
+    expect(await angle.engine.renderString('<% cache 60 a %>A{{ 1 + 1 }}<% endcache %>')).toBe('A2');
+    const curly = engineWith({}, 'curly');
+    expect(await curly.engine.renderString('{% cache 60 a %}C{{ 1 + 1 }}{% endcache %}')).toBe('C2');
+    // Added to a plain Environment: the tag uses that environment's delimiters.
+    const env = new nunjucks.Environment();
+    const engine = createEngine();
+    env.addExtension('FragmentCache', new CacheExtension(() => engine.cache));
+    expect(env.renderString('{% cache 60 plain %}P{% endcache %}', {})).toBe('P');
+    expect(env.renderString('{% cache 60 plain %}other{% endcache %}', {})).toBe('other'); // different body → different digest
+  });
+
+  test('arguments may be separated by spaces or commas', async () => {
+    const { engine, runs } = engineWith();
+    const t = (sep: string) => `<% cache 60${sep} box${sep} x${sep} y %>{{ x | count }}-{{ y }}<% endcache %>`;
+    expect(await engine.renderString(t(' '), { x: 1, y: 2 })).toBe('1-2');
+    expect(await engine.renderString(t(','), { x: 1, y: 2 })).toBe('1-2');
+    expect(runs()).toBe(1); // same name, vary, body: the comma form hits the space form's entry
+  });
+
+  test('the name is taken literally, never looked up; identifiers may contain _ - . :', async () => {
+    const { engine, runs } = engineWith();
+    const ctx = { sidebar: 'not-used', v: 'x' };
+    for (const name of ['sidebar', 'side-bar', 'side.bar', 'side:bar', 'side_bar2', '"side bar"']) {
+      expect(await engine.renderString(`<% cache 60 ${name} %>{{ v | count }}<% endcache %>`, ctx)).toBe('x');
+    }
+    expect(runs()).toBe(6);
+    expect(Object.keys(engine.stats().fragments).sort()).toEqual(['side bar', 'side-bar', 'side.bar', 'side:bar', 'side_bar2', 'sidebar']);
+  });
+
+  test('ttl: seconds, fractions, durations, none; 0 renders every time; the ttl is not part of the key', async () => {
+    const { engine, runs } = engineWith();
+    for (const ttl of ['60', '0.5', '"90s"', '"15m"', '"1h"', '"2d"', 'none', 'secs']) {
+      expect(await engine.renderString(`<% cache ${ttl} same %>{{ 1 | count }}<% endcache %>`, { secs: 30 })).toBe('1');
+    }
+    expect(runs()).toBe(1);
+    for (let i = 0; i < 3; i++) await engine.renderString('<% cache 0 zero %>{{ 1 | count }}<% endcache %>');
+    expect(runs()).toBe(4);
+  });
+});
+
+describe('the cache tag: errors', () => {
+  const compileCases: [string, string, RegExp, number, number][] = [
+    ['no arguments', 'ok\n  <% cache %>x<% endcache %>', /needs a ttl and a name/, 2, 6],
+    ['only one argument', 'ok\n<% cache 60 %>x<% endcache %>', /needs a name after the ttl/, 2, 4],
+    ['a name that is neither identifier nor string', '<% cache 60 a/b %>x<% endcache %>', /name must be an identifier.*"a\/b"/, 1, 13],
+    ['a name that is an object', '<% cache 60 {a: 1} %>x<% endcache %>', /name must be an identifier/, 1, 13],
+    ['an unknown option', '<% cache 60 box colour="red" %>x<% endcache %>', /unknown option "colour"/, 1, 17],
+    ['a missing endcache', 'a\nb\n<% cache 60 box %>x', /no endcache/, 3, 4],
+    ['digest= that is not a boolean', '<% cache 60 box digest=1 %>x<% endcache %>', /digest= takes true or false/, 1, 17],
+  ];
+  test.each(compileCases)('compile error: %s (template, line, column)', async (_label, source, message, line, column) => {
+    const { engine } = engineWith({ 'broken.njk': source });
+    const err = await errorOf(engine.render('broken.njk'));
+    expect(err).toBeInstanceOf(TemplateError);
+    expect(err.message).toMatch(message);
+    expect(err.template).toBe('broken.njk');
+    expect([err.line, err.column]).toEqual([line, column]);
+    expect(err.message).toMatch(new RegExp(`^broken\\.njk:${line}:${column}: `));
+  });
+
+  const renderCases: [string, string, object, RegExp][] = [
+    ['a negative ttl', '<% cache -5 box %>x<% endcache %>', {}, /ttl must be a finite number of seconds >= 0, got -5/],
+    ['a NaN ttl', '<% cache t box %>x<% endcache %>', { t: NaN }, /ttl must be a finite number.*got NaN/],
+    ['an unparseable ttl', '<% cache t box %>x<% endcache %>', { t: 'soon' }, /ttl must be seconds or a duration.*got "soon"/],
+    ['an undefined ttl', '<% cache nope box %>x<% endcache %>', {}, /got undefined/],
+    ['tags that are not a list', '<% cache 60 box tags="a" %>x<% endcache %>', {}, /tags must be a list of non-empty strings, got "a"/],
+    ['tags that are not strings', '<% cache 60 box tags=[1] %>x<% endcache %>', {}, /tags must be a list of non-empty strings/],
+    ['an unknown store alias', '<% cache 60 box using="nope" %>x<% endcache %>', {}, /unknown store alias "nope"/],
+    ['a function as vary value', '<% cache 60 box f %>x<% endcache %>', { f: () => 1 }, /cannot vary on a function/],
+  ];
+  test.each(renderCases)('render error: %s (template, line, the value)', async (_label, source, ctx, message) => {
+    const { engine } = engineWith({ 'bad.njk': `<p>\n  ${source}` });
+    const err = await errorOf(engine.render('bad.njk', ctx));
+    expect(err).toBeInstanceOf(TemplateError);
+    expect(err.message).toMatch(message);
+    expect(err.template).toBe('bad.njk');
+    expect(err.line).toBe(2);
+    expect(err.cause).toBeInstanceOf(FragmentArgumentError);
+  });
+
+  test('an error inside the body fails the render with template and line, and stores nothing', async () => {
+    const { engine, runs } = engineWith({ 'body.njk': 'a\n<% cache 60 box %>{{ 1 | count }}\n{{ missing() }}<% endcache %>' });
+    const err = await errorOf(engine.render('body.njk'));
+    expect(err).toBeInstanceOf(TemplateError);
+    expect(err.message).toMatch(/Unable to call `missing`/);
+    expect(err.template).toBe('body.njk');
+    expect(err.line).toBeGreaterThanOrEqual(2);
+    expect(engine.stats().stores).toBe(0);
+    await errorOf(engine.render('body.njk'));
+    expect(runs()).toBe(2); // nothing was stored: the body ran again
+  });
+
+  test('errors in an included template name the included file', async () => {
+    const { engine } = engineWith({ 'outer.njk': 'x<% include "inner.njk" %>', 'inner.njk': 'one\ntwo <% cache -1 box %>x<% endcache %>' });
+    const err = await errorOf(engine.render('outer.njk'));
+    expect(err.template).toBe('inner.njk');
+    expect(err.line).toBe(2);
+  });
+
+  test('a missing template is a TemplateError naming it', async () => {
+    const { engine } = engineWith();
+    const err = await errorOf(engine.render('nope.njk'));
+    expect(err).toBeInstanceOf(TemplateError);
+    expect(err.message).toMatch(/template not found: nope\.njk/);
+  });
+});
