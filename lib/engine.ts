@@ -57,7 +57,7 @@ export interface Explained {
 }
 
 const ANGLE = { blockStart: '<%', blockEnd: '%>' };
-const POSITION = /\(([^()\n]*)\)(?: \[Line (\d+), Column (\d+)\])?/g;
+const POSITION = /^\s*\(([^()\n]*)\)(?: \[Line (\d+), Column (\d+)\])?$/gm;
 
 /** The engine returned by {@link createEngine}. Emits the cache events of all its stores. */
 export class Engine extends EventEmitter<CacheEvents> {
@@ -216,6 +216,7 @@ export class Engine extends EventEmitter<CacheEvents> {
     if (/template not found/i.test(message)) return new TemplateError(`template not found: ${detail.replace(/^.*template not found:\s*/i, '')}`, name, undefined, undefined, { cause });
     const where = [name, line, column].filter((x) => x !== undefined).join(':');
     if (cause instanceof TemplateError) cause = cause.cause ?? cause;
+    if (cause instanceof AsyncTemplateError) return new AsyncTemplateError(`${where}: ${cause.message}`, { cause });
     return new TemplateError(`${where}: ${detail}`, name, line, column, { cause });
   }
 

@@ -10,7 +10,7 @@
 import nunjucks from 'nunjucks';
 import { FragmentCache } from './cache';
 import { sourceDigest } from './keys';
-import { currentSession, RenderSession, type Block, type CacheResolver, type TagOptions } from './render';
+import { currentSession, renderBody, RenderSession, type Block, type CacheResolver, type TagOptions } from './render';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- Nunjucks' parser API is untyped */
 type Parser = any;
@@ -145,7 +145,7 @@ export class CacheExtension {
         this.warnedAsync = true;
         cache.report(new Error(`env.render() cannot read the ${cache.store.kind} store synchronously: fragments render uncached. Use engine.render().`));
       }
-      return new nunjucks.runtime.SafeString(body());
+      return new nunjucks.runtime.SafeString(renderBody(block, body));
     }
     const implicit = new RenderSession(this.resolveCache);
     return implicit.pass(() => implicit.fragment(block, ttl, vary, options, body));

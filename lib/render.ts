@@ -15,7 +15,7 @@ import nunjucks from 'nunjucks';
 import { FragmentCache } from './cache';
 import { parseTtl } from './duration';
 import { flatten, type Entry } from './entry';
-import { FragmentArgumentError, KeyError, describe } from './errors';
+import { AsyncTemplateError, FragmentArgumentError, KeyError, describe } from './errors';
 import { fragmentKey, nameTag, userTag, variantTag } from './keys';
 import type { StoreWrite } from './store';
 
@@ -85,6 +85,28 @@ let current: RenderSession | undefined;
 /** The session of the pass running now, if any. Passes are synchronous, so one at a time. */
 export function currentSession(): RenderSession | undefined {
   return current;
+}
+
+/**
+ * Runs a block body and checks it finished in this tick: with an async filter inside, Nunjucks returns a
+ * partial buffer and calls back later, which would silently store and show truncated output.
+ */
+export function renderBody(block: Block, body: (cb?: (err: unknown, out: string) => void) => string): string {
+  let done = false;
+  let error: unknown;
+  let out = '';
+  body((err, res) => {
+    if (done) return;
+    done = true;
+    error = err;
+    out = res;
+  });
+  if (!done) {
+    done = true;
+    throw new AsyncTemplateError(`cache "${block.name}" (line ${block.line}): its body uses an asynchronous filter or extension; fragcache renders synchronously so that no output is lost. Make it synchronous, or compute the value before rendering.`);
+  }
+  if (error) throw error;
+  return out;
 }
 
 /** Raises a render-time argument error at the tag's position (Nunjucks adds the template name). */
@@ -186,7 +208,7 @@ export class RenderSession {
     const renderStart = performance.now();
     let out: string;
     try {
-      out = body();
+      out = renderBody(block, body);
     } finally {
       this.stack.pop();
     }
@@ -222,7 +244,7 @@ export class RenderSession {
     const started = this.trace ? performance.now() : 0;
     const traced = this.trace ? { name: block.name, vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.stack.length } : undefined;
     if (traced) this.trace!.push(traced);
-    const out = body();
+    const out = renderBody(block, body);
     if (traced) Object.assign(traced, { ms: performance.now() - started, size: out.length });
     return new SafeString(out);
   }
