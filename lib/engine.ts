@@ -43,8 +43,20 @@ export interface EngineOptions {
   /** Time budget and circuit breaker of store calls (default 100 ms budget, 3 failures, retry after 1 s). */
   timeout?: number;
   breaker?: Omit<GuardOptions, 'timeout'>;
-  /** Most passes one render may take (default 32); each level of nested fragments on a remote store costs one. */
+  /**
+   * Most passes one render may take (default 32); each level of nested fragments that misses on a remote store
+   * costs one. The last pass renders fragments whose keys are still unknown without caching them.
+   */
   maxPasses?: number;
+}
+
+/** Options of {@link Engine.explain}. */
+export interface ExplainOptions {
+  /**
+   * Wrap each fragment's output in `<fragcache-fragment data-name data-status data-age>` (the CLI's
+   * `?fragcache=debug` view). What is stored stays exactly what a normal render stores.
+   */
+  annotate?: boolean;
 }
 
 /** Result of {@link Engine.explain}. */
@@ -118,8 +130,8 @@ export class Engine extends EventEmitter<CacheEvents> {
   }
 
   /** Renders a template and reports each fragment: name, vary, key, hit/miss, time, size, TTL left, tags. */
-  async explain(name: string, context: object = {}): Promise<Explained> {
-    return this.run(() => this.template(name), context, true);
+  async explain(name: string, context: object = {}, options: ExplainOptions = {}): Promise<Explained> {
+    return this.run(() => this.template(name), context, true, options.annotate);
   }
 
   /** Same as {@link explain} for template source. */
@@ -143,9 +155,9 @@ export class Engine extends EventEmitter<CacheEvents> {
     }
   }
 
-  private async run(load: () => nunjucks.Template, context: object, trace: boolean): Promise<Explained> {
+  private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace });
+    const session = new RenderSession(this.resolve, { trace, annotate });
     try {
       for (let passes = 1; ; passes++) {
         const html = session.pass(() => this.renderPass(tmpl, context));
@@ -153,10 +165,9 @@ export class Engine extends EventEmitter<CacheEvents> {
           await session.flush();
           return { html, fragments: session.trace ?? [], passes };
         }
-        if (passes >= this.maxPasses) {
-          throw new FragcacheError(`template ${this.relative((tmpl as unknown as { path?: string }).path)} needed more than ${this.maxPasses} render passes (maxPasses): are fragments nested that deep?`);
-        }
         await session.resolveWanted();
+        // Past maxPasses (keys that change every pass, or absurd nesting) the next pass renders what is still unknown uncached.
+        if (passes + 1 >= this.maxPasses) session.lastPass = true;
       }
     } catch (err) {
       session.abandon(err);

@@ -109,6 +109,20 @@ export function renderBody(block: Block, body: (cb?: (err: unknown, out: string)
   return out;
 }
 
+const MARKER = /<fragcache-fragment data-fragcache="1"[^>]*>|<\/fragcache-fragment>/g;
+const attr = (s: string) => s.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+/** Wraps a fragment's output in the debug marker: name, hit/miss/stale/uncached and age in seconds. */
+export function annotate(name: string, status: FragmentTrace['status'], created: number, html: string): string {
+  const age = Math.max(0, Math.round((Date.now() - created) / 1000));
+  return `<fragcache-fragment data-fragcache="1" data-name="${attr(name)}" data-status="${status}" data-age="${age}">${html}</fragcache-fragment>`;
+}
+
+/** Removes debug markers, so what an annotated render stores is what a normal render would have stored. */
+export function unannotate(html: string): string {
+  return html.replace(MARKER, '');
+}
+
 /** Raises a render-time argument error at the tag's position (Nunjucks adds the template name). */
 function argError(block: Block, message: string): Error {
   const cause = new FragmentArgumentError(`cache "${block.name}": ${message}`);
@@ -128,10 +142,16 @@ export class RenderSession {
   /** Fragments of the current pass, when tracing. */
   trace: FragmentTrace[] | undefined;
   private tracing: boolean;
+  /** Wrap each fragment's output in a `<fragcache-fragment>` marker (the CLI's debug view); stored bodies stay clean. */
+  private readonly annotating: boolean;
 
-  constructor(private readonly resolveCache: CacheResolver, options: { trace?: boolean } = {}) {
+  constructor(private readonly resolveCache: CacheResolver, options: { trace?: boolean; annotate?: boolean } = {}) {
     this.tracing = options.trace ?? false;
+    this.annotating = options.annotate ?? false;
   }
+
+  /** Set for a render's last allowed pass: unknown keys then render uncached instead of waiting for a batch. */
+  lastPass = false;
 
   /** True when the last pass met fragments whose keys must be fetched first. */
   get incomplete(): boolean {
@@ -201,7 +221,7 @@ export class RenderSession {
     if (r.kind === 'hit') {
       this.inherit(r.entry.tags);
       if (traced) this.traceClose(traced, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
-      return new SafeString(r.entry.body);
+      return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
     const frame: Frame = { deps: {}, complete: true };
     this.stack.push(frame);
@@ -215,7 +235,7 @@ export class RenderSession {
     const cost = performance.now() - renderStart;
     if (!frame.complete) {
       for (const f of this.stack) f.complete = false;
-      return new SafeString(out);
+      return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
     }
     const tags: Record<string, string> = {};
     if (r.store) for (const k of spec.ownTags) tags[k] = this.versions.get(k)!;
@@ -223,7 +243,7 @@ export class RenderSession {
     this.inherit(tags);
     const now = Date.now();
     const entry: Entry = {
-      body: flatten(out),
+      body: flatten(this.annotating ? unannotate(out) : out),
       created: now,
       expires: spec.ttlMs === null ? null : now + spec.ttlMs,
       staleUntil: spec.ttlMs === null || !spec.staleMs ? undefined : now + spec.ttlMs + spec.staleMs,
@@ -236,7 +256,7 @@ export class RenderSession {
     if (r.store) this.write(spec, entry);
     else this.release(spec.key, entry);
     if (traced) this.traceClose(traced, 'miss', started, entry);
-    return new SafeString(out);
+    return new SafeString(this.annotating ? annotate(block.name, 'miss', now, out) : out);
   }
 
   /** `when` false or ttl 0: the body renders every time; fragments inside still tie to the enclosing one. */
@@ -246,7 +266,7 @@ export class RenderSession {
     if (traced) this.trace!.push(traced);
     const out = renderBody(block, body);
     if (traced) Object.assign(traced, { ms: performance.now() - started, size: out.length });
-    return new SafeString(out);
+    return new SafeString(this.annotating ? annotate(block.name, 'uncached', Date.now(), out) : out);
   }
 
   private traceOpen(spec: Spec, depth: number): FragmentTrace {
@@ -273,7 +293,13 @@ export class RenderSession {
     const known = this.resolved.get(spec.key);
     if (known) return known;
     const sync = spec.cache.store.sync;
-    if (!sync) return undefined;
+    if (!sync) {
+      if (!this.lastPass) return undefined;
+      // Keys that keep changing between passes (vary on a clock, say): render them, store nothing.
+      const r: Resolution = { kind: 'miss', store: false };
+      this.record(spec, r);
+      return r;
+    }
     for (const k of spec.ownTags) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
     const entry = sync.get(spec.key);
     let r: Resolution;

@@ -137,3 +137,11 @@ describe('observability', () => {
     expect(hit.fragments.map((f) => [f.name, f.status])).toEqual([['outer', 'hit'], ['live', 'uncached']]);
   });
 });
+
+test('a fragment whose key changes on every pass still renders (uncached) within maxPasses', async () => {
+  let n = 0;
+  const engine = createEngine({ views: views({}), store: keyvStore(), maxPasses: 4 });
+  const html = await engine.renderString('<% cache 60 clock tick() %>t<% endcache %>', { tick: () => ++n });
+  expect(html).toBe('t');
+  expect(n).toBe(4);
+});
