@@ -30,6 +30,8 @@ export interface CacheOptions {
   guard?: GuardOptions;
   /** Report a repeated store error at most once per this many ms through the `error` event (default 10000). */
   errorInterval?: number;
+  /** Where events go (default: this cache). The engine passes itself, so `engine.on(…)` sees every store's events. */
+  events?: EventEmitter<CacheEvents>;
 }
 
 /** Counters returned by {@link FragmentCache.stats}. */
@@ -105,6 +107,8 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 };
   private readonly errorInterval: number;
   private readonly lastReported = new Map<string, number>();
+  /** The emitter events go to (this cache, or the engine that owns it). */
+  readonly events: EventEmitter<CacheEvents>;
 
   constructor(store: Store, options: CacheOptions = {}) {
     super();
@@ -122,6 +126,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.base = `${prefix}:${this.version}:`;
     this.guard = new StoreGuard(store.kind, options.guard);
     this.errorInterval = options.errorInterval ?? 10_000;
+    this.events = options.events ?? this;
   }
 
   // ---------------------------------------------------------------- keys and tags
@@ -227,7 +232,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     if (last !== undefined && now - last < this.errorInterval) return;
     this.lastReported.set(error.message, now);
     if (this.lastReported.size > 100) this.lastReported.clear();
-    if (this.listenerCount('error') > 0) this.emit('error', error);
+    if (this.events.listenerCount('error') > 0) this.events.emit('error', error);
     else process.emitWarning(`fragcache: ${error.message}`, { code: 'FRAGCACHE_STORE' });
   }
 
@@ -297,7 +302,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const k = this.valueKey(key, options.version);
     const entry = await this.readValid(k);
     this.count('', entry ? 'hits' : 'misses');
-    this.emit(entry ? 'hit' : 'miss', { name: key, key: k });
+    this.events.emit(entry ? 'hit' : 'miss', { name: key, key: k });
     return entry ? (FragmentCache.valueOf(entry) as T) : undefined;
   }
 
@@ -330,7 +335,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       }
     }
     this.count('', 'stores');
-    this.emit('store', { name, key: k });
+    this.events.emit('store', { name, key: k });
     return true;
   }
 
@@ -338,7 +343,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   async delete(key: string, options: { version?: number | string } = {}): Promise<void> {
     const k = this.valueKey(key, options.version);
     await this.guard.run('deleteMany', () => this.store.deleteMany([k]));
-    this.emit('invalidate', { kind: 'key', target: key });
+    this.events.emit('invalidate', { kind: 'key', target: key });
   }
 
   /**
@@ -348,7 +353,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   async clear(): Promise<void> {
     // Clearing is slow on a large remote store: give it a generous budget.
     await this.guard.run('clear', () => this.store.clear(`${this.prefix}:`), Math.max(this.guard.timeout, 60_000));
-    this.emit('invalidate', { kind: 'clear', target: this.prefix });
+    this.events.emit('invalidate', { kind: 'clear', target: this.prefix });
   }
 
   /**
@@ -362,7 +367,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const hit = await this.readValid(k);
     if (hit) {
       this.count('', 'hits');
-      this.emit('hit', { name: key, key: k, age: Date.now() - hit.created });
+      this.events.emit('hit', { name: key, key: k, age: Date.now() - hit.created });
       return FragmentCache.valueOf(hit) as T;
     }
     const running = this.inflight.get(k);
@@ -373,7 +378,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const d = deferred();
     this.inflight.set(k, d);
     this.count('', 'misses');
-    this.emit('miss', { name: key, key: k });
+    this.events.emit('miss', { name: key, key: k });
     try {
       let versions: Map<string, string> | undefined;
       if (tagIds.length) {
@@ -417,14 +422,14 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     if (typeof name !== 'string' || !name) throw new OptionError('name', name, 'expected a fragment name');
     if (vary !== undefined && !Array.isArray(vary)) throw new OptionError('vary', vary, 'expected an array of vary values');
     await this.bumpTags([vary ? variantTag(name, vary) : nameTag(name)]);
-    this.emit('invalidate', { kind: vary ? 'variant' : 'name', target: name });
+    this.events.emit('invalidate', { kind: vary ? 'variant' : 'name', target: name });
   }
 
   /** Drops every fragment, page and value tagged with any of `tags` (and what contains them). Rejects on store failure. */
   async invalidateTag(...tags: string[]): Promise<void> {
     const ids = this.userTags(tags.flat(), 'tag');
     await this.bumpTags(ids);
-    for (const t of tags.flat()) this.emit('invalidate', { kind: 'tag', target: t });
+    for (const t of tags.flat()) this.events.emit('invalidate', { kind: 'tag', target: t });
   }
 
   /** Claims a key for producing in this process; returns the running claim when another caller holds it. */

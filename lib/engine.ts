@@ -99,10 +99,9 @@ export class Engine extends EventEmitter<CacheEvents> {
       // Two aliases given the same instance share one cache (and one circuit breaker).
       const existing = spec !== undefined && typeof spec === 'object' ? byStore.get(spec) : undefined;
       const cache =
-        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard });
+        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this });
       if (spec !== undefined && typeof spec === 'object') byStore.set(spec, cache);
       caches.set(alias, cache);
-      if (!existing) for (const ev of ['hit', 'miss', 'stale', 'store', 'invalidate', 'error'] as const) cache.on(ev, (...args: unknown[]) => (this.emit as (e: string, ...a: unknown[]) => boolean)(ev, ...args));
     };
     make('default', options.stores?.default ?? options.store);
     for (const [alias, spec] of Object.entries(options.stores ?? {})) if (alias !== 'default') make(alias, spec);

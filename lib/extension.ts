@@ -24,6 +24,7 @@ const NAME = /^[A-Za-z0-9_.:-]+$/;
 export class CacheExtension {
   readonly tags = ['cache'];
   private warnedAsync = false;
+  private implicit: RenderSession | undefined;
 
   /** `resolveCache(alias)` gives the cache of a `using=` alias, or the fragments default for `undefined`. */
   constructor(private readonly resolveCache: CacheResolver) {}
@@ -147,7 +148,9 @@ export class CacheExtension {
       }
       return new nunjucks.runtime.SafeString(renderBody(block, body));
     }
-    const implicit = new RenderSession(this.resolveCache);
+    // One session reused by every top-level fragment of plain renders (they are synchronous, so never concurrent).
+    const implicit = (this.implicit ??= new RenderSession(this.resolveCache));
+    implicit.reset();
     return implicit.pass(() => implicit.fragment(block, ttl, vary, options, body));
   }
 }

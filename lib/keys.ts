@@ -68,14 +68,27 @@ export function varyPart(vary: readonly unknown[]): string {
   return enc.length <= MAX_VERBATIM && PRINTABLE.test(enc) ? `=${enc}` : `#${hash(enc)}`;
 }
 
+const nameParts = new Map<string, string>();
+
 /** The key part for a fragment name: the name itself when it is a short identifier, else its hash. */
 export function namePart(name: string): string {
-  return NAME.test(name) ? name : `#${hash(name)}`;
+  let part = nameParts.get(name);
+  if (part === undefined) {
+    part = NAME.test(name) ? name : `#${hash(name)}`;
+    if (nameParts.size > 10_000) nameParts.clear(); // names come from templates: few, but bound it anyway
+    nameParts.set(name, part);
+  }
+  return part;
 }
 
 /** `digest` is the block-source digest, or `null` for `digest=false`. */
 export function fragmentKey(prefix: string, name: string, digest: string | null, vary: readonly unknown[]): string {
-  return `${prefix}f:${namePart(name)}/${digest ?? '-'}/${varyPart(vary)}`;
+  return keyFromParts(prefix, namePart(name), digest, varyPart(vary));
+}
+
+/** {@link fragmentKey} from parts already computed (the render hot path computes each part once). */
+export function keyFromParts(prefix: string, namePart: string, digest: string | null, varyPart: string): string {
+  return `${prefix}f:${namePart}/${digest ?? '-'}/${varyPart}`;
 }
 
 /** The tag that every entry of a fragment name carries (used by `invalidate(name)`). */
@@ -86,6 +99,11 @@ export function nameTag(name: string): string {
 /** The tag that every entry of one variant carries, across templates and digests (`invalidate(name, vary)`). */
 export function variantTag(name: string, vary: readonly unknown[]): string {
   return `v/${namePart(name)}/${varyPart(vary)}`;
+}
+
+/** {@link variantTag} from parts already computed. */
+export function variantTagFromParts(namePart: string, varyPart: string): string {
+  return `v/${namePart}/${varyPart}`;
 }
 
 /** The tag key of a user tag (`tags=[…]`, `invalidateTag`). User tags are free text, hence the hash rule. */

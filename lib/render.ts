@@ -16,7 +16,7 @@ import { FragmentCache } from './cache';
 import { parseTtl } from './duration';
 import { flatten, type Entry } from './entry';
 import { AsyncTemplateError, FragmentArgumentError, KeyError, describe } from './errors';
-import { fragmentKey, nameTag, userTag, variantTag } from './keys';
+import { keyFromParts, namePart, userTag, variantTagFromParts, varyPart } from './keys';
 import type { StoreWrite } from './store';
 
 /** What the parser knows about one `cache` block. */
@@ -63,8 +63,11 @@ interface Spec {
   key: string;
   ttlMs: number | null;
   staleMs: number;
-  /** Store keys of the fragment's own tags (name, variant, user tags). */
-  ownTags: string[];
+  /** Key parts of the name and the vary tuple. */
+  np: string;
+  vp: string;
+  /** Store keys of the fragment's own tags (name, variant, user tags), computed when needed. */
+  ownTags?: string[];
   userTags: string[];
   vary: unknown[];
 }
@@ -158,6 +161,16 @@ export class RenderSession {
     return this.wanted.size > 0;
   }
 
+  /** Forgets everything, for reuse by another render (the extension keeps one for plain `env.render()`). */
+  reset(): void {
+    this.resolved.clear();
+    this.versions.clear();
+    this.wanted.clear();
+    this.writes.clear();
+    this.writtenKeys.clear();
+    this.abandon();
+  }
+
   /** Runs one synchronous pass with this session current. */
   pass<T>(fn: () => T): T {
     const previous = current;
@@ -191,16 +204,26 @@ export class RenderSession {
     if (tags !== undefined && (!Array.isArray(tags) || !tags.every((x) => typeof x === 'string' && x.length > 0))) {
       throw argError(block, `tags must be a list of non-empty strings, got ${describe(tags)}`);
     }
-    let key: string;
+    let vp: string;
     try {
-      key = fragmentKey(cache.base, block.name, block.digest, vary);
+      vp = varyPart(vary);
     } catch (err) {
       if (err instanceof KeyError) throw argError(block, err.message);
       throw err;
     }
-    const userTags = (tags as string[] | undefined) ?? [];
-    const ownTags = [nameTag(block.name), variantTag(block.name, vary), ...userTags.map(userTag)].map((t) => cache.tagKey(t));
-    return { block, cache, key, ttlMs: t.ms, staleMs, ownTags, userTags, vary };
+    const np = namePart(block.name);
+    const key = keyFromParts(cache.base, np, block.digest, vp);
+    return { block, cache, key, ttlMs: t.ms, staleMs, np, vp, userTags: (tags as string[] | undefined) ?? [], vary };
+  }
+
+  /** Store keys of a fragment's own tags (name, variant, user tags); only needed to write or to batch-validate. */
+  private ownTags(spec: Spec): string[] {
+    if (!spec.ownTags) {
+      const c = spec.cache;
+      spec.ownTags = [c.tagKey(`n/${spec.np}`), c.tagKey(variantTagFromParts(spec.np, spec.vp))];
+      for (const t of spec.userTags) spec.ownTags.push(c.tagKey(userTag(t)));
+    }
+    return spec.ownTags;
   }
 
   /** The tag's work: serve a hit, render a miss, or note an unknown key. */
@@ -238,7 +261,7 @@ export class RenderSession {
       return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
     }
     const tags: Record<string, string> = {};
-    if (r.store) for (const k of spec.ownTags) tags[k] = this.versions.get(k)!;
+    if (r.store) for (const k of this.ownTags(spec)) tags[k] = this.versions.get(k)!;
     Object.assign(tags, frame.deps);
     this.inherit(tags);
     const now = Date.now();
@@ -300,11 +323,14 @@ export class RenderSession {
       this.record(spec, r);
       return r;
     }
-    for (const k of spec.ownTags) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
     const entry = sync.get(spec.key);
     let r: Resolution;
     if (entry && this.valid(entry, spec.cache)) r = { kind: 'hit', entry };
-    else r = { kind: 'miss', store: true };
+    else {
+      // Read (or create) the own tag versions before the body renders, so the entry is stamped with them.
+      for (const k of this.ownTags(spec)) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
+      r = { kind: 'miss', store: true };
+    }
     this.record(spec, r);
     return r;
   }
@@ -332,7 +358,9 @@ export class RenderSession {
     const name = spec.block.name;
     const kind = r.kind === 'hit' ? 'hits' : 'misses';
     spec.cache.count(name, kind);
-    spec.cache.emit(r.kind === 'hit' ? 'hit' : 'miss', { name, key: spec.key, age: r.kind === 'hit' ? Date.now() - r.entry.created : undefined });
+    const ev = r.kind === 'hit' ? 'hit' : 'miss';
+    const events = spec.cache.events;
+    if (events.listenerCount(ev)) events.emit(ev, { name, key: spec.key, age: r.kind === 'hit' ? Date.now() - r.entry.created : undefined });
   }
 
   private write(spec: Spec, entry: Entry): void {
@@ -341,7 +369,7 @@ export class RenderSession {
     const ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
     const cache = spec.cache;
     cache.count(spec.block.name, 'stores');
-    cache.emit('store', { name: spec.block.name, key: spec.key });
+    if (cache.events.listenerCount('store')) cache.events.emit('store', { name: spec.block.name, key: spec.key });
     if (cache.store.sync) {
       cache.store.sync.set(spec.key, entry, ttlMs);
     } else {
@@ -373,7 +401,7 @@ export class RenderSession {
   }
 
   private async resolveBatch(cache: FragmentCache, specs: Spec[]): Promise<void> {
-    const ownTags = [...new Set(specs.flatMap((s) => s.ownTags))].filter((k) => !this.versions.has(k));
+    const ownTags = [...new Set(specs.flatMap((s) => this.ownTags(s)))].filter((k) => !this.versions.has(k));
     const keys = specs.map((s) => s.key);
     // Round trip 1: the entries and the tag versions we already know we need.
     const found = await cache.readMany([...keys, ...ownTags]);
@@ -410,7 +438,7 @@ export class RenderSession {
       if (entry && this.valid(entry, cache)) this.record(spec, { kind: 'hit', entry });
       else misses.push(spec);
     });
-    await Promise.all(misses.map((spec) => this.claimMiss(spec, canStore && spec.ownTags.every((k) => this.versions.has(k)))));
+    await Promise.all(misses.map((spec) => this.claimMiss(spec, canStore && this.ownTags(spec).every((k) => this.versions.has(k)))));
   }
 
   /** Single-flight: the first render that misses a key renders it; the others wait for its output. */
