@@ -21,6 +21,8 @@ export interface Entry {
   json?: boolean;
   /** Free metadata for inspection and page caching (fragment name, vary, status, headers…). */
   meta?: Record<string, unknown>;
+  /** In-process only (never serialised): the store generation at which the tags were last found valid. */
+  checked?: number;
 }
 
 /** Format marker; an entry written by another format version is a miss. */
@@ -31,7 +33,7 @@ export const FORMAT = 'fc1';
  * fragment costs one slice on read, not a `JSON.parse` of the whole thing.
  */
 export function encodeEntry(entry: Entry): string {
-  const { body, ...head } = entry;
+  const { body, checked: _checked, ...head } = entry;
   return `${FORMAT}${JSON.stringify(head)}\n${body}`;
 }
 

@@ -9,7 +9,7 @@
  */
 import nunjucks from 'nunjucks';
 import { FragmentCache } from './cache';
-import { sourceDigest } from './keys';
+import { namePart, sourceDigest } from './keys';
 import { currentSession, renderBody, RenderSession, type Block, type CacheResolver, type TagOptions } from './render';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- Nunjucks' parser API is untyped */
@@ -89,6 +89,7 @@ export class CacheExtension {
     const lit = (v: unknown) => new nodes.Literal(line, col, v);
     const args = new nodes.NodeList(line, col, [
       lit(name),
+      lit(namePart(name)),
       digest ? lit(sourceDigest(source)) : lit(null),
       lit(line + 1),
       lit(col + 1),
@@ -128,6 +129,7 @@ export class CacheExtension {
   run(
     _context: unknown,
     name: string,
+    np: string,
     digest: string | null,
     line: number,
     column: number,
@@ -136,7 +138,7 @@ export class CacheExtension {
     options: TagOptions,
     body: () => string,
   ): unknown {
-    const block: Block = { name, digest, line, column };
+    const block: Block = { name, namePart: np, digest, line, column };
     const session = currentSession();
     if (session) return session.fragment(block, ttl, vary, options, body);
     // `env.render()` called directly: fine with a same-tick store (memory), one pass.

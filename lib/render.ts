@@ -22,6 +22,8 @@ import type { StoreWrite } from './store';
 /** What the parser knows about one `cache` block. */
 export interface Block {
   name: string;
+  /** The name's key part, computed once at compile time. */
+  namePart?: string;
   /** Digest of the block's source, or null with `digest=false`. */
   digest: string | null;
   /** 1-based position of the tag. */
@@ -211,7 +213,7 @@ export class RenderSession {
       if (err instanceof KeyError) throw argError(block, err.message);
       throw err;
     }
-    const np = namePart(block.name);
+    const np = block.namePart ?? namePart(block.name);
     const key = keyFromParts(cache.base, np, block.digest, vp);
     return { block, cache, key, ttlMs: t.ms, staleMs, np, vp, userTags: (tags as string[] | undefined) ?? [], vary };
   }
@@ -313,24 +315,25 @@ export class RenderSession {
 
   /** Resolution of a spec's key, resolving synchronously on a same-tick store; undefined when unknown yet. */
   private lookup(spec: Spec): Resolution | undefined {
-    const known = this.resolved.get(spec.key);
-    if (known) return known;
     const sync = spec.cache.store.sync;
-    if (!sync) {
-      if (!this.lastPass) return undefined;
-      // Keys that keep changing between passes (vary on a clock, say): render them, store nothing.
-      const r: Resolution = { kind: 'miss', store: false };
-      this.record(spec, r);
+    if (sync) {
+      // Same-tick store: ask it every time (what this render wrote is already in it), no memo needed.
+      const entry = sync.get(spec.key);
+      let r: Resolution;
+      if (entry && this.valid(entry, spec.cache)) r = { kind: 'hit', entry };
+      else {
+        // Read (or create) the own tag versions before the body renders, so the entry is stamped with them.
+        for (const k of this.ownTags(spec)) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
+        r = { kind: 'miss', store: true };
+      }
+      this.count(spec, r);
       return r;
     }
-    const entry = sync.get(spec.key);
-    let r: Resolution;
-    if (entry && this.valid(entry, spec.cache)) r = { kind: 'hit', entry };
-    else {
-      // Read (or create) the own tag versions before the body renders, so the entry is stamped with them.
-      for (const k of this.ownTags(spec)) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
-      r = { kind: 'miss', store: true };
-    }
+    const known = this.resolved.get(spec.key);
+    if (known) return known;
+    if (!this.lastPass) return undefined;
+    // Keys that keep changing between passes (vary on a clock, say): render them, store nothing.
+    const r: Resolution = { kind: 'miss', store: false };
     this.record(spec, r);
     return r;
   }
@@ -341,6 +344,8 @@ export class RenderSession {
     const tags = entry.tags;
     if (!tags) return true;
     const sync = cache.store.sync;
+    const generation = sync?.generation?.();
+    if (generation !== undefined && entry.checked === generation) return true; // no tag changed since the last check
     for (const k in tags) {
       let v = this.versions.get(k);
       if (v === undefined && sync) {
@@ -350,11 +355,17 @@ export class RenderSession {
       }
       if (v !== tags[k]) return false;
     }
+    if (generation !== undefined) entry.checked = generation;
     return true;
   }
 
   private record(spec: Spec, r: Resolution): void {
     this.resolved.set(spec.key, r);
+    this.count(spec, r);
+  }
+
+  /** Stats and the hit/miss event of a resolution. */
+  private count(spec: Spec, r: Resolution): void {
     const name = spec.block.name;
     const kind = r.kind === 'hit' ? 'hits' : 'misses';
     spec.cache.count(name, kind);

@@ -46,6 +46,11 @@ export interface Store {
 
 /** Same-tick access to an in-process store. */
 export interface SyncStore {
+  /**
+   * Optional: a number that changes whenever any tag version may have changed (written, deleted, evicted).
+   * Lets a hit skip re-validating an entry already validated at the same generation.
+   */
+  generation?(): number;
   get(key: string): Entry | undefined;
   set(key: string, entry: Entry, ttlMs: number | null): void;
   add(key: string, entry: Entry, ttlMs: number | null): boolean;

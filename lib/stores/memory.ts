@@ -27,6 +27,12 @@ export class MemoryStore implements Store {
   /** Same-tick access (used by renders, so they need one pass). */
   readonly sync: SyncStore;
   private readonly lru: LRUCache<string, Entry>;
+  /**
+   * Grows whenever a tag version may have changed (a tag key written, anything deleted or evicted). An entry
+   * validated against the tag versions at generation g is still valid while the generation is g, so a hit
+   * needs no tag look-ups at all.
+   */
+  private generation = 0;
 
   constructor(options: MemoryStoreOptions = {}) {
     const maxBytes = options.maxBytes ?? 64 * 1024 * 1024;
@@ -36,12 +42,18 @@ export class MemoryStore implements Store {
     this.lru = new LRUCache<string, Entry>({
       maxSize: maxBytes,
       sizeCalculation: (e) => 2 * e.body.length + ENTRY_OVERHEAD,
+      // Anything leaving the store (deleted, evicted, replaced, expired) may be a tag version: see `generation`.
+      dispose: () => void this.generation++,
     });
     const lru = this.lru;
     const set = (key: string, entry: Entry, ttlMs: number | null) => {
-      if (ttlMs === null || ttlMs > 0) lru.set(key, entry, ttlMs ? { ttl: ttlMs } : undefined);
+      if (ttlMs === null || ttlMs > 0) {
+        if (key.includes(':tag:')) this.generation++;
+        lru.set(key, entry, ttlMs ? { ttl: ttlMs } : undefined);
+      }
     };
     this.sync = {
+      generation: () => this.generation,
       get: (key) => lru.get(key),
       set,
       add: (key, entry, ttlMs) => {
