@@ -22,7 +22,10 @@ import type { Store, StoreWrite } from './store';
 
 /** Options of {@link FragmentCache}. */
 export interface CacheOptions {
-  /** Namespace of every key this cache writes (default `"fc"`). Caches with different prefixes never see each other's entries. */
+  /**
+   * Namespace of every key this cache writes (default `"fc"`; letters, digits, `_ - .`). Caches with different
+   * prefixes never see each other's entries, and `clear()` removes only its own prefix.
+   */
   prefix?: string;
   /** Default version (default 1). Entries written under one version are invisible under another. */
   version?: number | string;
@@ -114,8 +117,9 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     super();
     this.store = store;
     const prefix = options.prefix ?? 'fc';
-    if (typeof prefix !== 'string' || !/^[\x21-\x7e]{0,64}$/.test(prefix)) {
-      throw new OptionError('prefix', prefix, 'expected up to 64 printable characters without spaces');
+    // No ":" in a prefix: then no prefix's keys can start with another prefix's "prefix:", and clear() stays exact.
+    if (typeof prefix !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(prefix)) {
+      throw new OptionError('prefix', prefix, 'expected 1 to 64 letters, digits, "_", "-" or "."');
     }
     const version = options.version ?? 1;
     if (!['number', 'string'].includes(typeof version) || !/^[\x21-\x7e]{1,32}$/.test(String(version)) || String(version).includes(':')) {

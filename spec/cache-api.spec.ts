@@ -98,7 +98,8 @@ describe.each([
     await expect(cache.set('k', 'v', { tags: 'x' as unknown as string[] })).rejects.toThrow(/option "tags"/);
     await expect(cache.get('')).rejects.toThrow(/option "key"/);
     await expect(cache.set('k', undefined)).rejects.toThrow(/option "value"/);
-    expect(() => new FragmentCache(store, { prefix: 'has space' })).toThrow(/option "prefix"/);
+    expect(() => new FragmentCache(store, { prefix: "has space" })).toThrow(/option "prefix"/);
+    expect(() => new FragmentCache(store, { prefix: "a:b" })).toThrow(/option "prefix".*got "a:b"/);
     expect(() => createEngine({ syntax: 'square' as 'angle' })).toThrow(/option "syntax": expected "angle" or "curly", got "square"/);
     expect(() => createEngine({ store: 'ftp://x' })).toThrow(/option "store"/);
   });
