@@ -150,7 +150,11 @@ export class RenderSession {
   /** Wrap each fragment's output in a `<fragcache-fragment>` marker (the CLI's debug view); stored bodies stay clean. */
   private readonly annotating: boolean;
 
-  constructor(private readonly resolveCache: CacheResolver, options: { trace?: boolean; annotate?: boolean } = {}) {
+  /** Longest wait for a fragment another render in this process is producing, in ms. */
+  private readonly waitMs: number;
+
+  constructor(private readonly resolveCache: CacheResolver, options: { trace?: boolean; annotate?: boolean; waitMs?: number } = {}) {
+    this.waitMs = options.waitMs ?? 5000;
     this.tracing = options.trace ?? false;
     this.annotating = options.annotate ?? false;
   }
@@ -449,23 +453,50 @@ export class RenderSession {
       if (entry && this.valid(entry, cache)) this.record(spec, { kind: 'hit', entry });
       else misses.push(spec);
     });
-    await Promise.all(misses.map((spec) => this.claimMiss(spec, canStore && this.ownTags(spec).every((k) => this.versions.has(k)))));
+    await this.claimMisses(misses, (spec) => canStore && this.ownTags(spec).every((k) => this.versions.has(k)));
   }
 
-  /** Single-flight: the first render that misses a key renders it; the others wait for its output. */
-  private async claimMiss(spec: Spec, canStore: boolean): Promise<void> {
-    for (;;) {
-      const c = spec.cache.claim(spec.key);
-      if (c.mine) {
-        this.claims.set(spec.key, spec.cache);
-        this.record(spec, { kind: 'miss', store: canStore });
-        return;
+  /**
+   * Single-flight: the first render that misses a key renders it; the others wait for its output (or its
+   * error). A render never waits while it holds claims of its own (two renders could then wait on each
+   * other forever, with fragments nested in opposite orders): it then renders the held key itself.
+   * A wait lasts at most `waitMs`; after that the waiter renders the fragment itself.
+   */
+  private async claimMisses(misses: Spec[], canStore: (spec: Spec) => boolean): Promise<void> {
+    let pending = misses;
+    while (pending.length) {
+      const held = pending.filter((s) => s.cache.inflight.has(s.key) && !this.claims.has(s.key));
+      if (held.length && this.claims.size === 0) {
+        const settled = await Promise.all(held.map((s) => this.waitFor(s)));
+        const done = new Set(held.filter((_, i) => settled[i]));
+        pending = pending.filter((s) => !done.has(s));
+        continue;
       }
-      const entry = await c.running; // rejects with the first render's error
-      if (entry) {
-        this.record(spec, { kind: 'hit', entry });
-        return;
+      for (const spec of pending) {
+        const c = this.claims.has(spec.key) ? undefined : spec.cache.claim(spec.key);
+        if (c?.mine) this.claims.set(spec.key, spec.cache);
+        this.record(spec, { kind: 'miss', store: canStore(spec) });
       }
+      return;
+    }
+  }
+
+  /** Waits for another render's claim; true when it delivered the fragment (now a hit for this render). */
+  private async waitFor(spec: Spec): Promise<boolean> {
+    const running = spec.cache.inflight.get(spec.key);
+    if (!running) return false;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<undefined>((resolve) => {
+      timer = setTimeout(resolve, this.waitMs, undefined);
+      timer.unref?.();
+    });
+    try {
+      const entry = await Promise.race([running.promise, timeout]); // rejects with the first render's error
+      if (!entry) return false;
+      this.record(spec, { kind: 'hit', entry });
+      return true;
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -145,3 +145,16 @@ test('a fragment whose key changes on every pass still renders (uncached) within
   expect(html).toBe('t');
   expect(n).toBe(4);
 });
+
+test('single-flight never deadlocks: two renders holding fragments nested in opposite orders both finish', async () => {
+  const engine = createEngine({
+    views: views({
+      'p1.njk': '<% cache 60 A digest=false %>[A<% cache 60 B digest=false %>B<% endcache %>]<% endcache %>',
+      'p2.njk': '<% cache 60 B digest=false %>[B<% cache 60 A digest=false %>A<% endcache %>]<% endcache %>',
+    }),
+    store: keyvStore(),
+  });
+  const [one, two] = await Promise.all([engine.render('p1.njk'), engine.render('p2.njk')]);
+  expect(one.startsWith('[A')).toBe(true);
+  expect(two.startsWith('[B')).toBe(true);
+});
