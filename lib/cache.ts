@@ -121,10 +121,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     if (typeof prefix !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(prefix)) {
       throw new OptionError('prefix', prefix, 'expected 1 to 64 letters, digits, "_", "-" or "."');
     }
-    const version = options.version ?? 1;
-    if (!['number', 'string'].includes(typeof version) || !/^[\x21-\x7e]{1,32}$/.test(String(version)) || String(version).includes(':')) {
-      throw new OptionError('version', version, 'expected a number or a short string without spaces or ":"');
-    }
+    const version = FragmentCache.checkVersion(options.version ?? 1);
     this.prefix = prefix;
     this.version = String(version);
     this.base = `${prefix}:${this.version}:`;
@@ -135,6 +132,14 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   // ---------------------------------------------------------------- keys and tags
 
+  /** A version must not contain ":" (else it could forge another key's prefix). */
+  private static checkVersion(version: unknown): string | number {
+    if (!['number', 'string'].includes(typeof version) || !/^[A-Za-z0-9_.-]{1,32}$/.test(String(version))) {
+      throw new OptionError('version', version, 'expected a number or up to 32 letters, digits, "_", "-" or "."');
+    }
+    return version as string | number;
+  }
+
   /** Store key of a tag's version record. Tag versions live outside the cache version, so they survive a version bump. */
   tagKey(tagId: string): string {
     return `${this.prefix}:tag:${tagId}`;
@@ -143,7 +148,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   /** Store key of a low-level value. */
   valueKey(key: string, version?: number | string): string {
     if (typeof key !== 'string' || key === '') throw new OptionError('key', key, 'expected a non-empty string');
-    const base = version === undefined ? this.base : `${this.prefix}:${String(version)}:`;
+    const base = version === undefined ? this.base : `${this.prefix}:${String(FragmentCache.checkVersion(version))}:`;
     const enc = encodeValue(key);
     return `${base}k:${enc.length <= 80 && /^[\x21-\x7e]*$/.test(enc) ? '=' + enc : '#' + hash(enc)}`;
   }
@@ -169,16 +174,19 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
-    for (const k of missing) {
-      const v = newVersion();
-      const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
-      if (added) out.set(k, v);
-      else {
-        const [again] = await this.guard.run('getMany', () => this.store.getMany([k]));
-        if (!again) throw new StoreError(`tag version ${k} vanished while being created`, this.store.kind, 'add');
-        out.set(k, again.body);
-      }
-    }
+    await Promise.all(
+      missing.map(async (k) => {
+        const v = newVersion();
+        const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
+        if (added) out.set(k, v);
+        else {
+          // Someone created it first (maybe an invalidation): use theirs.
+          const [again] = await this.guard.run('getMany', () => this.store.getMany([k]));
+          if (!again) throw new StoreError(`tag version ${k} vanished while being created`, this.store.kind, 'add');
+          out.set(k, again.body);
+        }
+      }),
+    );
     return out;
   }
 
@@ -213,17 +221,19 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     }
   }
 
-  /** Writes entries; a store failure is reported, never thrown. */
-  async writeMany(writes: readonly StoreWrite[]): Promise<void> {
-    if (!writes.length) return;
+  /** Writes entries; a store failure is reported, never thrown. True when written. */
+  async writeMany(writes: readonly StoreWrite[]): Promise<boolean> {
+    if (!writes.length) return true;
     if (this.store.sync) {
       for (const w of writes) this.store.sync.set(w.key, w.entry, w.ttlMs);
-      return;
+      return true;
     }
     try {
       await this.guard.run('setMany', () => this.store.setMany(writes));
+      return true;
     } catch (err) {
       this.report(err);
+      return false;
     }
   }
 
@@ -284,17 +294,18 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   private async readValid(storeKey: string): Promise<Entry | undefined> {
     const [entry] = await this.readMany([storeKey]);
     if (!entry || (entry.expires !== null && entry.expires <= Date.now())) return undefined;
-    if (entry.tags) {
-      let versions: Map<string, string>;
-      try {
-        versions = await this.tagVersions(Object.keys(entry.tags));
-      } catch (err) {
-        this.report(err);
-        return undefined;
-      }
-      if (!FragmentCache.tagsMatch(entry, versions)) return undefined;
+    return (await this.stillValid(entry)) ? entry : undefined;
+  }
+
+  /** True when every tag of the entry still has the version it was stamped with (read from the store now). */
+  private async stillValid(entry: Entry): Promise<boolean> {
+    if (!entry.tags) return true;
+    try {
+      return FragmentCache.tagsMatch(entry, await this.tagVersions(Object.keys(entry.tags)));
+    } catch (err) {
+      this.report(err);
+      return false;
     }
-    return entry;
   }
 
   private static valueOf(entry: Entry): unknown {
@@ -324,7 +335,15 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const ttlMs = this.ttlMs(options.ttl);
     if (ttlMs === 0) return false;
     const tagIds = this.userTags(options.tags);
-    const versions = tagIds.length ? await this.tagVersions(tagIds.map((t) => this.tagKey(t))) : undefined;
+    let versions: Map<string, string> | undefined;
+    if (tagIds.length) {
+      try {
+        versions = await this.tagVersions(tagIds.map((t) => this.tagKey(t)));
+      } catch (err) {
+        this.report(err);
+        return false;
+      }
+    }
     return this.put(k, this.entryFor(value, ttlMs, versions && Object.fromEntries(versions)), ttlMs, key);
   }
 
@@ -377,7 +396,8 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const running = this.inflight.get(k);
     if (running) {
       const e = await running.promise;
-      if (e) return FragmentCache.valueOf(e) as T;
+      // Check it against the tag versions as they are now: an invalidation may have resolved meanwhile.
+      if (e && (await this.stillValid(e))) return FragmentCache.valueOf(e) as T;
     }
     const d = deferred();
     this.inflight.set(k, d);
@@ -396,7 +416,8 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       const entry = this.entryFor(value, ttlMs, versions && Object.fromEntries(versions));
       if (ttlMs !== 0 && (versions || !tagIds.length)) await this.put(k, entry, ttlMs, key);
       d.resolve(entry);
-      return value;
+      // Everyone (this caller, waiters, later hits) gets the stored form: strings as they are, else a JSON copy.
+      return FragmentCache.valueOf(entry) as T;
     } catch (err) {
       d.reject(err);
       throw err;
@@ -445,8 +466,36 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     return { mine: true, done: d };
   }
 
+  /**
+   * Fragments produced in this process in the last second, by key: a render that read "miss" just before another
+   * render released the fragment finds it here instead of rendering it again (each render still checks the
+   * entry's tag versions before using it).
+   */
+  private readonly recent = new Map<string, { entry?: Entry; error?: unknown; at: number }>();
+
+  /**
+   * What this process produced for a key in the last second: the entry, or the error of a render that failed
+   * at or after `since` (a render that missed concurrently shares that error, as a waiter would).
+   */
+  recentOutcome(key: string, since: number): { entry?: Entry; error?: unknown } | undefined {
+    const r = this.recent.get(key);
+    if (!r || Date.now() - r.at >= 1000) return undefined;
+    if (r.entry) return { entry: r.entry };
+    return r.at >= since ? { error: r.error } : undefined;
+  }
+
   /** Releases a claim made with {@link claim}: with the entry, with an error, or with nothing (not produced). */
   release(key: string, outcome: { entry?: Entry; error?: unknown }): void {
+    if (outcome.entry || outcome.error !== undefined) {
+      const now = Date.now();
+      this.recent.delete(key);
+      this.recent.set(key, { ...outcome, at: now });
+      // Oldest first (insertion order): drop what is over a second old.
+      for (const [k, r] of this.recent) {
+        if (now - r.at < 1000) break;
+        this.recent.delete(k);
+      }
+    }
     const d = this.inflight.get(key);
     if (!d) return;
     this.inflight.delete(key);

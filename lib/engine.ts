@@ -42,6 +42,19 @@ export interface EngineOptions {
   noCache?: boolean;
   /** Time budget and circuit breaker of store calls (default 100 ms budget, 3 failures, retry after 1 s). */
   timeout?: number;
+  /**
+   * Longest time a render waits for a fragment that another render in this process is producing (single-flight),
+   * in ms (default 5000). After that it renders the fragment itself.
+   */
+  waitTimeout?: number;
+  /**
+   * Shared stores (Redis, Memcached): a missed fragment is rendered by one process of the fleet, which holds
+   * a lock on it for at most `lockTimeout` ms (default 5000, so a crashed owner blocks nobody longer); the
+   * others serve a stale copy (`stale=`) or wait up to `lockWait` ms (default 3000) for its result, then
+   * render it themselves.
+   */
+  lockTimeout?: number;
+  lockWait?: number;
   breaker?: Omit<GuardOptions, 'timeout'>;
   /**
    * Most passes one render may take (default 32); each level of nested fragments that misses on a remote store
@@ -81,6 +94,8 @@ export class Engine extends EventEmitter<CacheEvents> {
   readonly caches: ReadonlyMap<string, FragmentCache>;
   readonly views: string[];
   private readonly maxPasses: number;
+  private readonly waitTimeout: number;
+  private readonly lock: { lockMs: number; lockWaitMs: number };
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
 
@@ -92,6 +107,14 @@ export class Engine extends EventEmitter<CacheEvents> {
       throw new OptionError('syntax', options.syntax, 'expected "angle" or "curly"');
     }
     this.maxPasses = options.maxPasses ?? 32;
+    if (!Number.isInteger(this.maxPasses) || this.maxPasses < 1) throw new OptionError('maxPasses', options.maxPasses, 'expected a whole number >= 1');
+    for (const [name, value] of [['timeout', options.timeout], ['waitTimeout', options.waitTimeout], ['lockTimeout', options.lockTimeout], ['lockWait', options.lockWait]] as const) {
+      if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)) {
+        throw new OptionError(name, value, 'expected a number of milliseconds > 0');
+      }
+    }
+    this.waitTimeout = options.waitTimeout ?? 5000;
+    this.lock = { lockMs: options.lockTimeout ?? 5000, lockWaitMs: options.lockWait ?? 3000 };
     const guard = { ...options.breaker, timeout: options.timeout };
     const caches = new Map<string, FragmentCache>();
     const byStore = new Map<unknown, FragmentCache>();
@@ -156,7 +179,7 @@ export class Engine extends EventEmitter<CacheEvents> {
 
   private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace, annotate });
+    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, ...this.lock });
     try {
       for (let passes = 1; ; passes++) {
         const html = session.pass(() => this.renderPass(tmpl, context));
@@ -169,7 +192,7 @@ export class Engine extends EventEmitter<CacheEvents> {
         if (passes + 1 >= this.maxPasses) session.lastPass = true;
       }
     } catch (err) {
-      session.abandon(err);
+      session.abandon();
       throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);
     }
   }
@@ -219,6 +242,18 @@ export class Engine extends EventEmitter<CacheEvents> {
         column = Number(m[3]);
       } else if (!template) template = m[1];
     }
+    // Nunjucks counts from 0 for errors raised while rendering (it keeps the original error as `cause`) and from 1
+    // for parse errors and for the tag's own argument errors: report what editors show.
+    if (line !== undefined && e?.cause instanceof Error && !(e.cause instanceof FragcacheError)) {
+      line += 1;
+      if (column !== undefined) column += 1;
+    }
+    // Nunjucks leaves "[Line 0, …]" out of the message (0 is falsy): an error on the first line of a render.
+    const raw = e as { lineno?: unknown; colno?: unknown };
+    if (line === undefined && raw?.lineno === 0 && !/template not found/i.test(message)) {
+      line = 1;
+      column = typeof raw.colno === 'number' ? raw.colno + 1 : undefined;
+    }
     template = template === 'unknown path' || !template ? fallbackName : template;
     const name = this.relative(template);
     let cause: unknown = e?.cause ?? err;
@@ -253,16 +288,20 @@ export class Engine extends EventEmitter<CacheEvents> {
     what: InvalidationTargets | ((...args: any[]) => InvalidationTargets), // eslint-disable-line @typescript-eslint/no-explicit-any
   ): () => void {
     const listener = (...args: unknown[]) => {
-      let targets: InvalidationTargets;
+      // Never throw into the app's emit(): a bad target is reported like a failed invalidation.
+      let jobs: Promise<void>[];
       try {
-        targets = typeof what === 'function' ? what(...args) : what;
+        const targets = typeof what === 'function' ? what(...args) : what;
+        if (typeof targets !== 'object' || targets === null) {
+          throw new OptionError('invalidateOn targets', targets, 'expected { names?: [...], tags?: [...] }');
+        }
+        jobs = [];
+        for (const n of targets.names ?? []) jobs.push(typeof n === 'string' ? this.invalidate(n) : this.invalidate(n.name, n.vary));
+        if (targets.tags?.length) jobs.push(this.invalidateTag(...targets.tags));
       } catch (err) {
         this.cache.report(err);
         return;
       }
-      const jobs: Promise<void>[] = [];
-      for (const n of targets.names ?? []) jobs.push(typeof n === 'string' ? this.invalidate(n) : this.invalidate(n.name, n.vary));
-      if (targets.tags?.length) jobs.push(this.invalidateTag(...targets.tags));
       const done = Promise.all(jobs).then(
         () => undefined,
         (err) => this.cache.report(err),
@@ -275,6 +314,18 @@ export class Engine extends EventEmitter<CacheEvents> {
   }
 
   private readonly pending = new Set<Promise<unknown>>();
+
+  /**
+   * Makes `res.render(view, locals)` render this engine's templates in an Express app (views from the
+   * engine's `views`; other view engines keep working), and lets `cachePage`/`cacheMiddleware` of
+   * `fragcache/express` store pages in this engine's cache. `options`: see `ExpressViewOptions`.
+   */
+  express(app: object, options?: { extensions?: string[]; defaultEngine?: boolean }): this {
+    // Loaded on demand: Express integration stays out of the core's load path.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    (require('./page/view') as typeof import('./page/view')).useEngine(this, app as import('./page/view').ExpressAppLike, options);
+    return this;
+  }
 
   /** Resolves when every invalidation started by {@link invalidateOn} so far has finished. */
   async settled(): Promise<void> {

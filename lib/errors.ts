@@ -84,6 +84,7 @@ export function describe(value: unknown): string {
     return String(value);
   }
   if (typeof value === 'function') return 'a function';
+  if (typeof value === 'symbol') return `a symbol (${value.toString()})`;
   if (Array.isArray(value)) return `an array of ${value.length}`;
   if (value instanceof Date) return `the date ${value.toISOString?.() ?? 'Invalid Date'}`;
   return `an object (${Object.prototype.toString.call(value).slice(8, -1)})`;

@@ -140,7 +140,8 @@ export class CacheExtension {
   ): unknown {
     const block: Block = { name, namePart: np, digest, line, column };
     const session = currentSession();
-    if (session) return session.fragment(block, ttl, vary, options, body);
+    // A session belongs to one engine: another engine's template rendered inside it gets its own.
+    if (session && session.resolver === this.resolveCache) return session.fragment(block, ttl, vary, options, body);
     // `env.render()` called directly: fine with a same-tick store (memory), one pass.
     const cache = this.resolveCache(typeof options.using === 'string' ? options.using : undefined);
     if (cache && !cache.store.sync) {
@@ -153,6 +154,8 @@ export class CacheExtension {
     // One session reused by every top-level fragment of plain renders (they are synchronous, so never concurrent).
     const implicit = (this.implicit ??= new RenderSession(this.resolveCache));
     implicit.reset();
+    // One pass only: a fragment of a remote store (using=) nested here renders uncached instead of waiting.
+    implicit.lastPass = true;
     return implicit.pass(() => implicit.fragment(block, ttl, vary, options, body));
   }
 }

@@ -41,17 +41,36 @@ export function encodeValue(value: unknown, seen: unknown[] = []): string {
       if (value instanceof Date) return `d${Number.isNaN(value.getTime()) ? 'NaN' : value.toISOString()};`;
       // Nunjucks' SafeString (markup) varies like the text it holds.
       if (value instanceof String) return encodeValue(value.toString(), seen);
+      if (value instanceof Number) return `#n${encodeValue(value.valueOf())}`;
+      if (value instanceof Boolean) return `#b${encodeValue(value.valueOf())}`;
       if (seen.includes(value)) throw new KeyError('cannot vary on a cyclic object');
       seen.push(value);
       let out: string;
       if (Array.isArray(value)) {
-        out = '[' + value.map((v) => encodeValue(v, seen)).join('') + ']';
+        out = '[';
+        // By index, so holes ("H") differ from an array without them.
+        for (let i = 0; i < value.length; i++) out += i in value ? encodeValue(value[i], seen) : 'H';
+        out += ']';
       } else if (value instanceof Map || value instanceof Set) {
         throw new KeyError(`cannot vary on ${describe(value)}: pass an array or a plain object`);
       } else {
-        // Key order does not matter; class instances (records) vary on their own enumerable fields.
+        const proto = Object.getPrototypeOf(value);
         const keys = Object.keys(value).sort();
-        out = '{' + keys.map((k) => encodeValue(k) + encodeValue((value as Record<string, unknown>)[k], seen)).join('') + '}';
+        if (proto === Object.prototype || proto === null) {
+          // Key order does not matter.
+          out = '{' + keys.map((k) => encodeValue(k) + encodeValue((value as Record<string, unknown>)[k], seen)).join('') + '}';
+        } else {
+          // Class instances (records, URLs…): their class name plus their own fields, else their JSON or text form.
+          // One with neither (private fields only) would vary like any other: refuse it rather than collide.
+          const cls = String(proto?.constructor?.name ?? '?');
+          const asObject = value as { toJSON?: () => unknown; toString: () => string };
+          let inner: string;
+          if (keys.length) inner = '{' + keys.map((k) => encodeValue(k) + encodeValue((value as Record<string, unknown>)[k], seen)).join('') + '}';
+          else if (typeof asObject.toJSON === 'function') inner = 'j' + encodeValue(asObject.toJSON(), seen);
+          else if (asObject.toString !== Object.prototype.toString) inner = 't' + encodeValue(String(value));
+          else throw new KeyError(`cannot vary on an instance of ${cls} with no fields of its own: vary on one of its values (e.g. its id)`);
+          out = `o${encodeValue(cls)}${inner}`;
+        }
       }
       seen.pop();
       return out;

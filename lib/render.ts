@@ -79,8 +79,12 @@ type Resolution =
   | { kind: 'miss'; store: boolean };
 
 interface Frame {
+  cache: FragmentCache;
   deps: Record<string, string>;
+  /** False when a fragment inside was unknown in this pass: the output is provisional, another pass follows. */
   complete: boolean;
+  /** True when something inside cannot be tracked (rendered without tags, or from another store): do not store. */
+  noStore: boolean;
 }
 
 const SafeString = nunjucks.runtime.SafeString;
@@ -141,6 +145,8 @@ export class RenderSession {
   private readonly versions = new Map<string, string>();
   private readonly wanted = new Map<string, Spec>();
   private readonly stack: Frame[] = [];
+  /** Nesting depth of fragments being rendered (cached or not), for `explain`. */
+  private depth = 0;
   private readonly writes = new Map<FragmentCache, StoreWrite[]>();
   private readonly claims = new Map<string, FragmentCache>();
   private readonly writtenKeys = new Set<string>();
@@ -153,8 +159,21 @@ export class RenderSession {
   /** Longest wait for a fragment another render in this process is producing, in ms. */
   private readonly waitMs: number;
 
-  constructor(private readonly resolveCache: CacheResolver, options: { trace?: boolean; annotate?: boolean; waitMs?: number } = {}) {
+  /** Cross-process lock of a missed fragment on a shared store: its lifetime, and how long others wait for it (ms). */
+  private readonly lockMs: number;
+  private readonly lockWaitMs: number;
+  /** Cross-process locks this render holds: key → cache and token. */
+  private readonly locks = new Map<string, { cache: FragmentCache; token: string }>();
+  /** Expired entries still within `stale=`, by key: served when another process is refreshing them. */
+  private readonly staleFound = new Map<string, Entry>();
+
+  constructor(
+    private readonly resolveCache: CacheResolver,
+    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number } = {},
+  ) {
     this.waitMs = options.waitMs ?? 5000;
+    this.lockMs = options.lockMs ?? 5000;
+    this.lockWaitMs = options.lockWaitMs ?? 3000;
     this.tracing = options.trace ?? false;
     this.annotating = options.annotate ?? false;
   }
@@ -232,11 +251,16 @@ export class RenderSession {
     return spec.ownTags;
   }
 
+  /** The resolver this session was made with (a session serves only its own engine's tags). */
+  get resolver(): CacheResolver {
+    return this.resolveCache;
+  }
+
   /** The tag's work: serve a hit, render a miss, or note an unknown key. */
   fragment(block: Block, ttl: unknown, vary: unknown[], opts: TagOptions, body: () => string): unknown {
-    if ('when' in opts && !opts.when) return this.uncached(block, vary, body);
+    // Arguments are checked even when the fragment is not cached, so a bad one fails for every user alike.
     const spec = this.spec(block, ttl, vary, opts)!;
-    if (spec.ttlMs === 0) return this.uncached(block, vary, body);
+    if (('when' in opts && !opts.when) || spec.ttlMs === 0) return this.uncached(block, vary, body);
     const started = this.trace ? performance.now() : 0;
     const r = this.lookup(spec);
     if (!r) {
@@ -244,32 +268,43 @@ export class RenderSession {
       this.wanted.set(spec.key, spec);
       return '';
     }
-    const depth = this.stack.length;
+    const depth = this.depth;
     // Traced in the order fragments open, so nested ones follow their parent.
     const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
     if (r.kind === 'hit') {
-      this.inherit(r.entry.tags);
+      this.inherit(spec.cache, r.entry.tags);
       if (traced) this.traceClose(traced, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
       return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
-    const frame: Frame = { deps: {}, complete: true };
+    const frame: Frame = { cache: spec.cache, deps: {}, complete: true, noStore: !r.store };
+    // Values computed earlier in this pass (a `set` capture, a macro's result) may hold the empty output of a
+    // fragment that was still unknown: then this body's output is provisional too.
+    const tainted = this.wanted.size > 0;
     this.stack.push(frame);
+    this.depth++;
     const renderStart = performance.now();
     let out: string;
     try {
       out = renderBody(block, body);
+    } catch (err) {
+      // Waiters for this fragment get this error; claims of fragments that did not fail are released later.
+      this.releaseClaim(spec.key, { error: err });
+      throw err;
     } finally {
       this.stack.pop();
+      this.depth--;
     }
     const cost = performance.now() - renderStart;
-    if (!frame.complete) {
+    const parent = this.stack[this.stack.length - 1];
+    if (!frame.complete || tainted) {
       for (const f of this.stack) f.complete = false;
       return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
     }
+    if (frame.noStore && parent) parent.noStore = true;
     const tags: Record<string, string> = {};
-    if (r.store) for (const k of this.ownTags(spec)) tags[k] = this.versions.get(k)!;
+    if (!frame.noStore) for (const k of this.ownTags(spec)) tags[k] = this.versions.get(k)!;
     Object.assign(tags, frame.deps);
-    this.inherit(tags);
+    this.inherit(spec.cache, tags);
     const now = Date.now();
     const entry: Entry = {
       body: flatten(this.annotating ? unannotate(out) : out),
@@ -282,8 +317,9 @@ export class RenderSession {
     };
     // Later passes (and repeats of the same fragment in this page) reuse this output.
     this.resolved.set(spec.key, { kind: 'hit', entry, fresh: true });
-    if (r.store) this.write(spec, entry);
-    else this.release(spec.key, entry);
+    // Output that cannot be tracked (no tag versions) is neither stored nor handed to waiters.
+    if (frame.noStore) this.releaseClaim(spec.key, {});
+    else this.write(spec, entry);
     if (traced) this.traceClose(traced, 'miss', started, entry);
     return new SafeString(this.annotating ? annotate(block.name, 'miss', now, out) : out);
   }
@@ -291,9 +327,15 @@ export class RenderSession {
   /** `when` false or ttl 0: the body renders every time; fragments inside still tie to the enclosing one. */
   private uncached(block: Block, vary: unknown[], body: () => string): unknown {
     const started = this.trace ? performance.now() : 0;
-    const traced = this.trace ? { name: block.name, vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.stack.length } : undefined;
+    const traced = this.trace ? { name: block.name, vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.depth } : undefined;
     if (traced) this.trace!.push(traced);
-    const out = renderBody(block, body);
+    this.depth++;
+    let out: string;
+    try {
+      out = renderBody(block, body);
+    } finally {
+      this.depth--;
+    }
     if (traced) Object.assign(traced, { ms: performance.now() - started, size: out.length });
     return new SafeString(this.annotating ? annotate(block.name, 'uncached', Date.now(), out) : out);
   }
@@ -312,9 +354,12 @@ export class RenderSession {
   }
 
   /** Adds a served or rendered fragment's tags to the fragment that contains it. */
-  private inherit(tags: Record<string, string> | undefined): void {
+  private inherit(cache: FragmentCache, tags: Record<string, string> | undefined): void {
     const parent = this.stack[this.stack.length - 1];
-    if (parent && tags) Object.assign(parent.deps, tags);
+    if (!parent) return;
+    // Tags of another store cannot be checked against the parent's store: such a parent is not stored.
+    if (parent.cache !== cache) parent.noStore = true;
+    else if (tags) Object.assign(parent.deps, tags);
   }
 
   /** Resolution of a spec's key, resolving synchronously on a same-tick store; undefined when unknown yet. */
@@ -383,23 +428,33 @@ export class RenderSession {
     this.writtenKeys.add(spec.key);
     const ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
     const cache = spec.cache;
-    cache.count(spec.block.name, 'stores');
-    if (cache.events.listenerCount('store')) cache.events.emit('store', { name: spec.block.name, key: spec.key });
     if (cache.store.sync) {
       cache.store.sync.set(spec.key, entry, ttlMs);
+      this.stored(cache, spec.block.name, spec.key);
     } else {
       let list = this.writes.get(cache);
       if (!list) this.writes.set(cache, (list = []));
       list.push({ key: spec.key, entry, ttlMs });
     }
-    this.release(spec.key, entry);
+    this.releaseClaim(spec.key, { entry });
+  }
+
+  /** Counts a write that happened, and tells `store` listeners. */
+  private stored(cache: FragmentCache, name: string, key: string): void {
+    cache.count(name, 'stores');
+    if (cache.events.listenerCount('store')) cache.events.emit('store', { name, key });
   }
 
   private release(key: string, entry: Entry): void {
+    this.releaseClaim(key, { entry });
+  }
+
+  /** Gives a claimed fragment to the renders waiting for it: its entry, its error, or nothing (they render it). */
+  private releaseClaim(key: string, outcome: { entry?: Entry; error?: unknown }): void {
     const cache = this.claims.get(key);
     if (cache) {
       this.claims.delete(key);
-      cache.release(key, { entry });
+      cache.release(key, outcome);
     }
   }
 
@@ -412,12 +467,16 @@ export class RenderSession {
       list.push(spec);
     }
     this.wanted.clear();
-    await Promise.all([...byCache].map(([cache, specs]) => this.resolveBatch(cache, specs)));
+    // Let every store's batch finish before failing, so no batch takes claims after the render gave up.
+    const results = await Promise.allSettled([...byCache].map(([cache, specs]) => this.resolveBatch(cache, specs)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   private async resolveBatch(cache: FragmentCache, specs: Spec[]): Promise<void> {
     const ownTags = [...new Set(specs.flatMap((s) => this.ownTags(s)))].filter((k) => !this.versions.has(k));
     const keys = specs.map((s) => s.key);
+    const readAt = Date.now();
     // Round trip 1: the entries and the tag versions we already know we need.
     const found = await cache.readMany([...keys, ...ownTags]);
     const missingTags: string[] = [];
@@ -448,12 +507,17 @@ export class RenderSession {
       }
     }
     const misses: Spec[] = [];
+    const now = Date.now();
     specs.forEach((spec, i) => {
       const entry = found[i];
       if (entry && this.valid(entry, cache)) this.record(spec, { kind: 'hit', entry });
-      else misses.push(spec);
+      else {
+        // Expired but within its stale= window, and no tag changed: may be served while someone refreshes it.
+        if (entry?.staleUntil && entry.staleUntil > now && FragmentCache.tagsMatch(entry, this.versions)) this.staleFound.set(spec.key, entry);
+        misses.push(spec);
+      }
     });
-    await this.claimMisses(misses, (spec) => canStore && this.ownTags(spec).every((k) => this.versions.has(k)));
+    await this.claimMisses(misses, (spec) => canStore && this.ownTags(spec).every((k) => this.versions.has(k)), readAt);
   }
 
   /**
@@ -462,56 +526,183 @@ export class RenderSession {
    * other forever, with fragments nested in opposite orders): it then renders the held key itself.
    * A wait lasts at most `waitMs`; after that the waiter renders the fragment itself.
    */
-  private async claimMisses(misses: Spec[], canStore: (spec: Spec) => boolean): Promise<void> {
-    let pending = misses;
+  private async claimMisses(misses: Spec[], canStore: (spec: Spec) => boolean, readAt: number): Promise<void> {
+    // Produced (or failed) in another render of this process since this one read the store? Then use it (or
+    // fail with it) as a waiter would have.
+    const recent = await Promise.all(
+      misses.map(async (s) => {
+        const r = s.cache.inflight.has(s.key) ? undefined : s.cache.recentOutcome(s.key, readAt);
+        if (r?.error !== undefined) throw r.error;
+        if (!r?.entry || !(await this.accepts(s, r.entry))) return false;
+        this.record(s, { kind: 'hit', entry: r.entry });
+        return true;
+      }),
+    );
+    let pending = misses.filter((_, i) => !recent[i]);
+    const gaveUp = new Set<Spec>();
     while (pending.length) {
-      const held = pending.filter((s) => s.cache.inflight.has(s.key) && !this.claims.has(s.key));
+      let held = pending.filter((s) => !gaveUp.has(s) && s.cache.inflight.has(s.key) && !this.claims.has(s.key));
+      // A stale copy (stale=) is served at once while the other render refreshes it.
+      const stale = held.filter((s) => this.staleFound.has(s.key));
+      if (stale.length) {
+        for (const s of stale) this.serveStale(s, this.staleFound.get(s.key)!);
+        pending = pending.filter((s) => !stale.includes(s));
+        held = held.filter((s) => !stale.includes(s));
+      }
       if (held.length && this.claims.size === 0) {
-        const settled = await Promise.all(held.map((s) => this.waitFor(s)));
-        const done = new Set(held.filter((_, i) => settled[i]));
+        const outcomes = await Promise.all(held.map((s) => this.waitFor(s)));
+        const done = new Set(held.filter((_, i) => outcomes[i] === 'hit'));
+        held.forEach((s, i) => outcomes[i] === 'timeout' && gaveUp.add(s));
         pending = pending.filter((s) => !done.has(s));
         continue;
       }
+      const mine: Spec[] = [];
       for (const spec of pending) {
         const c = this.claims.has(spec.key) ? undefined : spec.cache.claim(spec.key);
         if (c?.mine) this.claims.set(spec.key, spec.cache);
-        this.record(spec, { kind: 'miss', store: canStore(spec) });
+        if (c?.mine && canStore(spec) && spec.cache.store.shared && spec.cache.store.lock) mine.push(spec);
+        else this.record(spec, { kind: 'miss', store: canStore(spec) });
       }
+      if (mine.length) await this.lockMisses(mine);
       return;
     }
   }
 
-  /** Waits for another render's claim; true when it delivered the fragment (now a hit for this render). */
-  private async waitFor(spec: Spec): Promise<boolean> {
+  /** Store key of the cross-process lock of a fragment. */
+  private static lockKey(key: string): string {
+    return `${key}#lock`;
+  }
+
+  /**
+   * Cross-process single-flight on a shared store: `lock` (SET NX PX on Redis) per missed key. The winner
+   * renders and stores; a loser serves the stale copy when it has one, else polls the store until the
+   * winner's entry appears, for at most `lockWaitMs`, then renders the fragment itself. A store failure
+   * means no lock: the fragment renders (correct output beats saving work).
+   */
+  private async lockMisses(specs: Spec[]): Promise<void> {
+    const tokens = await Promise.all(
+      specs.map((s) =>
+        s.cache.guard.run('lock', () => s.cache.store.lock!(RenderSession.lockKey(s.key), this.lockMs)).catch((err) => {
+          s.cache.report(err);
+          return null; // store down: render without a lock
+        }),
+      ),
+    );
+    let waiting: Spec[] = [];
+    specs.forEach((spec, i) => {
+      const token = tokens[i];
+      if (token) this.locks.set(spec.key, { cache: spec.cache, token });
+      if (token !== undefined) return this.record(spec, { kind: 'miss', store: true });
+      const stale = this.staleFound.get(spec.key);
+      if (stale) this.serveStale(spec, stale);
+      else waiting.push(spec);
+    });
+    const deadline = Date.now() + this.lockWaitMs;
+    const every = Math.min(50, Math.max(10, this.lockWaitMs / 100));
+    while (waiting.length && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, every));
+      const byCache = new Map<FragmentCache, Spec[]>();
+      for (const s of waiting) byCache.set(s.cache, [...(byCache.get(s.cache) ?? []), s]);
+      const still: Spec[] = [];
+      for (const [cache, list] of byCache) {
+        const got = await cache.readMany(list.map((s) => s.key));
+        list.forEach((spec, i) => {
+          const e = got[i];
+          if (e && this.valid(e, cache)) {
+            this.record(spec, { kind: 'hit', entry: e });
+            this.release(spec.key, e);
+          } else still.push(spec);
+        });
+      }
+      waiting = still;
+    }
+    // The winner did not deliver in time (slow or crashed): render it here.
+    for (const spec of waiting) this.record(spec, { kind: 'miss', store: true });
+  }
+
+  /** Serves an expired entry within its stale= window (another process is refreshing it). */
+  private serveStale(spec: Spec, entry: Entry): void {
+    this.resolved.set(spec.key, { kind: 'hit', entry, stale: true });
+    const name = spec.block.name;
+    spec.cache.count(name, 'stale');
+    const events = spec.cache.events;
+    if (events.listenerCount('stale')) events.emit('stale', { name, key: spec.key, age: Date.now() - entry.created });
+    this.release(spec.key, entry);
+  }
+
+  /** Releases this render's cross-process locks (after its writes, so waiters find the entry). */
+  private async unlockAll(): Promise<void> {
+    const held = [...this.locks];
+    this.locks.clear();
+    await Promise.all(
+      held.map(([key, { cache, token }]) =>
+        cache.guard.run('unlock', () => cache.store.unlock!(RenderSession.lockKey(key), token)).catch((err) => cache.report(err)),
+      ),
+    );
+  }
+
+  /**
+   * Waits for another render's claim: 'hit' when it delivered output this render may use, 'released' when it
+   * gave nothing usable (render it), 'timeout' after `waitMs` (render it, do not wait again).
+   */
+  private async waitFor(spec: Spec): Promise<'hit' | 'released' | 'timeout'> {
     const running = spec.cache.inflight.get(spec.key);
-    if (!running) return false;
+    if (!running) return 'released';
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<undefined>((resolve) => {
-      timer = setTimeout(resolve, this.waitMs, undefined);
+    const TIMEOUT = Symbol('timeout');
+    const timeout = new Promise<typeof TIMEOUT>((resolve) => {
+      timer = setTimeout(resolve, this.waitMs, TIMEOUT);
       timer.unref?.();
     });
+    let entry: Entry | undefined | typeof TIMEOUT;
     try {
-      const entry = await Promise.race([running.promise, timeout]); // rejects with the first render's error
-      if (!entry) return false;
-      this.record(spec, { kind: 'hit', entry });
-      return true;
+      entry = await Promise.race([running.promise, timeout]); // rejects with the first render's error
     } finally {
       clearTimeout(timer);
     }
+    if (entry === TIMEOUT) return 'timeout';
+    if (!entry || !(await this.accepts(spec, entry))) return 'released';
+    this.record(spec, { kind: 'hit', entry });
+    return 'hit';
+  }
+
+  /**
+   * Whether output handed over by another render is valid for this one: it must carry this fragment's own tags,
+   * stamped with the versions this render read (an invalidation may have resolved while the other render ran).
+   */
+  private async accepts(spec: Spec, entry: Entry): Promise<boolean> {
+    const tags = entry.tags ?? {};
+    if (!this.ownTags(spec).every((k) => k in tags)) return false;
+    const missing = Object.keys(tags).filter((k) => !this.versions.has(k));
+    if (missing.length) {
+      const got = await spec.cache.readMany(missing);
+      missing.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
+    }
+    return this.valid(entry, spec.cache);
   }
 
   /** Stores what this render produced (one batch per store). Never throws: failures are reported. */
   async flush(): Promise<void> {
     const pending = [...this.writes];
     this.writes.clear();
-    await Promise.all(pending.map(([cache, writes]) => cache.writeMany(writes)));
+    await Promise.all(
+      pending.map(async ([cache, writes]) => {
+        if (await cache.writeMany(writes)) for (const w of writes) this.stored(cache, String(w.entry.meta?.name ?? ''), w.key);
+      }),
+    );
+    await this.unlockAll();
     this.abandon();
   }
 
-  /** Releases this render's claims: with the error when it failed, else with nothing (not produced). */
-  abandon(error?: unknown): void {
-    for (const [key, cache] of this.claims) cache.release(key, error === undefined ? {} : { error });
+  /**
+   * Releases the claims this render still holds, with nothing: their waiters render the fragments themselves.
+   * (A fragment whose own body failed already passed its error to its waiters.)
+   */
+  abandon(): void {
+    for (const [key, cache] of this.claims) cache.release(key, {});
     this.claims.clear();
+    if (this.locks.size) void this.unlockAll(); // a failed render stores nothing; free its locks for others
+    this.staleFound.clear();
   }
 }
 

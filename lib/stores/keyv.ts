@@ -30,9 +30,12 @@ export class KeyvStore implements Store {
       keyvOrAdapter instanceof Keyv
         ? keyvOrAdapter
         : new Keyv({ store: keyvOrAdapter as KeyvStoreAdapter, namespace: 'fragcache' });
-    // fragcache writes strings in its own format; Keyv's JSON envelope would double the work.
-    this.keyv.serialize = undefined;
-    this.keyv.deserialize = undefined;
+    // fragcache writes strings in its own format, so an in-process Map needs no JSON envelope around them.
+    // Adapters (Redis, SQLite…) need a string from Keyv: keep Keyv's serializer for them.
+    if (this.keyv.store instanceof Map) {
+      this.keyv.serialize = undefined;
+      this.keyv.deserialize = undefined;
+    }
     this.kind = options.kind ?? 'keyv';
     this.shared = options.shared ?? !(this.keyv.store instanceof Map);
   }
@@ -48,10 +51,23 @@ export class KeyvStore implements Store {
     if (results.some((ok) => ok === false)) throw new Error('the store refused a write');
   }
 
+  /** Adds in progress, by key: chained so that `add` is atomic within this process at least. */
+  private readonly adding = new Map<string, Promise<boolean>>();
+
   async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
-    if ((await this.keyv.get(key)) !== undefined) return false;
-    await this.setMany([{ key, entry, ttlMs }]);
-    return true;
+    const previous = this.adding.get(key);
+    const attempt = (async () => {
+      if (previous) await previous.catch(() => undefined);
+      if ((await this.keyv.get(key)) !== undefined) return false;
+      await this.setMany([{ key, entry, ttlMs }]);
+      return true;
+    })();
+    this.adding.set(key, attempt);
+    try {
+      return await attempt;
+    } finally {
+      if (this.adding.get(key) === attempt) this.adding.delete(key);
+    }
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {

@@ -1,0 +1,350 @@
+/**
+ * Review findings: each test fails because of a bug (see the name), unless its name starts with "guard:".
+ * Real renders throughout; the only test doubles are stores (a Keyv store whose getMany can be held at a
+ * chosen key, to order concurrent renders deterministically, and one whose writes fail).
+ */
+import { EventEmitter } from 'node:events';
+import Keyv from 'keyv';
+import nunjucks from 'nunjucks';
+import { createEngine, FragmentCache, KeyvStore, MemoryStore, type Store } from '../lib';
+import type { Entry } from '../lib/entry';
+import { fragmentKey } from '../lib/keys';
+import { counter, views } from './support/views';
+
+const keyvStore = () => new KeyvStore(new Keyv(), { shared: false });
+const tick = (ms = 20) => new Promise((r) => setTimeout(r, ms));
+
+/** A real Keyv store whose next getMany that touches a matching key waits until released. */
+class HeldStore extends KeyvStore {
+  private holds: { match: (k: string) => boolean; gate: Promise<void>; reached: () => void }[] = [];
+  constructor() {
+    super(new Keyv(), { shared: false });
+  }
+  hold(match: (k: string) => boolean): { reached: Promise<void>; release: () => void } {
+    let release!: () => void;
+    let reached!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const reachedP = new Promise<void>((r) => (reached = r));
+    this.holds.push({ match, gate, reached });
+    return { reached: reachedP, release };
+  }
+  async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
+    const i = this.holds.findIndex((h) => keys.some(h.match));
+    if (i >= 0) {
+      const [h] = this.holds.splice(i, 1);
+      h.reached();
+      await h.gate;
+    }
+    return super.getMany(keys);
+  }
+}
+const fragment = (name: string) => (k: string) => k.includes(`:f:${name}/`);
+
+describe('multi-pass', () => {
+  test('fixed: a fragment rendered while an earlier fragment of the same pass is unknown stores output built from incomplete data (set capture)', async () => {
+    // B's body reads a value captured from O; in pass 2 O is still incomplete (its inner A is unknown) but B
+    // is already a known miss: B renders "[]" and is stored and served.
+    const page = '<% set captured %><% cache 60 O %>(<% cache 60 A %>a<% endcache %>)<% endcache %><% endset %><% cache 60 B %>[{{ captured }}]<% endcache %>';
+    const plain = new nunjucks.Environment(null, { tags: { blockStart: '<%', blockEnd: '%>' } });
+    const expected = plain.renderString(page.replace(/<% (end)?cache[^%]*%>/g, ''), {});
+    expect(expected).toBe('[(a)]');
+    const engine = createEngine({ views: views({ 'p.njk': page }), store: keyvStore() });
+    expect(await engine.render('p.njk')).toBe(expected);
+    expect(await engine.render('p.njk')).toBe(expected);
+  });
+
+  test('fixed: plain env.render() drops the output of a fragment using= a remote store nested in a memory-store fragment', () => {
+    const engine = createEngine({
+      views: views({ 'p.njk': '<% cache 60 O %>[<% cache 60 I using="remote" %>i<% endcache %>]<% endcache %>' }),
+      stores: { remote: keyvStore() },
+    });
+    engine.on('error', () => undefined);
+    // README: with a remote store env.render() renders the fragments uncached; output is never lost.
+    expect(engine.env.render('p.njk', {})).toBe('[i]');
+  });
+});
+
+describe('invalidation', () => {
+  test('fixed: a single-flight waiter that started after invalidate() resolved is handed output rendered before it', async () => {
+    const store = new HeldStore();
+    const engine = createEngine({
+      views: views({ 'p.njk': '<% cache 60 outer %>{{ v }}<% cache 60 inner %>I<% endcache %><% endcache %>' }),
+      store,
+      timeout: 60_000,
+    });
+    const held = store.hold(fragment('inner'));
+    const a = engine.render('p.njk', { v: 'old' }); // claims "outer", then waits on the batch for "inner"
+    await held.reached;
+    await engine.invalidate('outer'); // resolved: nobody may serve A's output from now on
+    const b = engine.render('p.njk', { v: 'new' }); // starts after the invalidation; waits on A's claim
+    await tick();
+    held.release();
+    expect(await a).toBe('oldI'); // A started before: fine
+    expect(await b).toBe('newI');
+  });
+
+  test('fixed: a nested fragment rendered with store:false (last pass) leaves its tags out of the outer entry, so invalidating it does not drop the outer', async () => {
+    const engine = createEngine({
+      views: views({ 'p.njk': '<% cache 60 outer %>O<% cache 60 inner %>{{ v }}<% endcache %><% endcache %>' }),
+      store: keyvStore(),
+      maxPasses: 2,
+    });
+    expect(await engine.render('p.njk', { v: 1 })).toBe('O1');
+    await engine.invalidate('inner');
+    expect(await engine.render('p.njk', { v: 2 })).toBe('O2');
+  });
+
+  test('fixed: a nested fragment whose tag versions could not be created (one failed add) leaves its tags out of the outer entry: stale outer after invalidate(inner)', async () => {
+    class FlakyAdd extends KeyvStore {
+      failed = false;
+      async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
+        if (!this.failed && key.includes('n/inner')) {
+          this.failed = true;
+          throw new Error('transient add failure');
+        }
+        return super.add(key, entry, ttlMs);
+      }
+    }
+    const engine = createEngine({
+      views: views({ 'p.njk': '<% cache 60 outer %>O<% cache 60 inner %>{{ v }}<% endcache %><% endcache %>' }),
+      store: new FlakyAdd(new Keyv(), { shared: false }),
+    });
+    engine.on('error', () => undefined);
+    expect(await engine.render('p.njk', { v: 1 })).toBe('O1');
+    await engine.invalidate('inner'); // succeeds
+    expect(await engine.render('p.njk', { v: 2 })).toBe('O2');
+  });
+
+  test('fixed: a wrap() caller that starts after invalidateTag() resolved is handed the value computed before it', async () => {
+    const cache = new FragmentCache(keyvStore());
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const a = cache.wrap('rates', async () => {
+      await gate;
+      return 'old';
+    }, { tags: ['rates'] });
+    await tick();
+    await cache.invalidateTag('rates'); // resolved
+    const b = cache.wrap('rates', async () => 'new', { tags: ['rates'] });
+    await tick();
+    release();
+    expect(await a).toBe('old');
+    expect(await b).toBe('new');
+  });
+});
+
+describe('single-flight', () => {
+  const pageA = '<% cache 60 W %><% cache 60 E %>{{ boom() }}<% endcache %><% endcache %><% include "x.njk" %>';
+  const x = '<% cache 60 X %>[<% cache 60 Z %>z<% endcache %>]<% endcache %>';
+
+  test('fixed: a render that fails elsewhere rejects the waiters of every fragment it had claimed with its own, unrelated error', async () => {
+    const store = new HeldStore();
+    const engine = createEngine({ views: views({ 'a.njk': pageA, 'x.njk': x, 'b.njk': '<% include "x.njk" %>' }), store, timeout: 60_000 });
+    const boom = () => {
+      throw new Error('error in a.njk only');
+    };
+    const held = store.hold(fragment('Z'));
+    const a = engine.render('a.njk', { boom }); // claims W and X; fails in W's body on pass 3
+    a.catch(() => undefined);
+    await held.reached;
+    const b = engine.render('b.njk'); // waits on A's claim of X
+    await tick();
+    held.release();
+    await expect(a).rejects.toThrow(/error in a\.njk only/);
+    await expect(b).resolves.toBe('[z]');
+  });
+
+  test('a render that fails while its batch on another store is in flight leaves no claim behind; later renders do not hang', async () => {
+    const main = new HeldStore();
+    const other = new HeldStore();
+    const engine = createEngine({
+      views: views({ 'b.njk': '<% cache 60 E %>{{ boom() }}<% endcache %><% cache 60 Y using="other" %>y<% endcache %>', 'y.njk': '<% cache 60 Y using="other" %>y<% endcache %>' }),
+      store: main,
+      stores: { other },
+      timeout: 60_000,
+    });
+    const boom = () => {
+      throw new Error('boom');
+    };
+    const heldY = other.hold(fragment('Y'));
+    const b = engine.render('b.njk', { boom }); // E fails on pass 2 only once Y's batch (held) has finished
+    b.catch(() => undefined);
+    await heldY.reached;
+    heldY.release();
+    await expect(b).rejects.toThrow(/boom/);
+    await tick();
+    expect(engine.caches.get('other')!.inflight.size).toBe(0);
+    expect(engine.cache.inflight.size).toBe(0);
+    const outcome = await Promise.race([engine.render('y.njk'), tick(3000).then(() => 'still waiting after 3 s')]);
+    expect(outcome).toBe('y');
+  }, 15_000);
+});
+
+describe('stores', () => {
+  test('a fragment of one store nested in a fragment of another: the inner is cached, the outer (whose tags could not be checked) is not stored, nothing goes stale', async () => {
+    const outer = counter();
+    const engine = createEngine({
+      views: views({ 'p.njk': '<% cache 60 O %>o{{ 1 | count }}<% cache 60 I using="mem" %>{{ v }}<% endcache %><% endcache %>' }),
+      store: keyvStore(),
+      stores: { mem: 'memory' },
+    });
+    engine.env.addFilter('count', outer.filter);
+    expect(await engine.render('p.njk', { v: 'i1' })).toBe('o1i1');
+    expect(await engine.render('p.njk', { v: 'i2' })).toBe('o1i1'); // inner hit in its own store
+    expect(outer.runs()).toBe(2); // the outer is rendered each time, never stored
+    await engine.invalidate('I');
+    expect(await engine.render('p.njk', { v: 'i3' })).toBe('o1i3');
+    expect(engine.stats().fragments.O.stores).toBe(0);
+  });
+
+  test('fixed: stale= is accepted but never served: a render after expiry waits for the refresh instead of getting the stale entry', async () => {
+    const store = new HeldStore();
+    const engine = createEngine({
+      views: views({ 'p.njk': '<% cache "200ms" box stale=60 %>{{ v }}<% cache 60 inner %>i<% endcache %><% endcache %>' }),
+      store,
+      timeout: 60_000,
+    });
+    expect(await engine.render('p.njk', { v: 'first' })).toBe('firsti');
+    await tick(300); // expired, inside the stale window
+    const held = store.hold(fragment('inner'));
+    const refresh = engine.render('p.njk', { v: 'second' }); // claims box, refreshes it (held on inner's batch)
+    await held.reached;
+    const other = engine.render('p.njk', { v: 'third' });
+    const outcome = await Promise.race([other, tick(1000).then(() => 'waited for the refresh')]);
+    held.release();
+    await refresh;
+    expect(outcome).toBe('firsti');
+    expect(engine.stats().stale).toBeGreaterThan(0);
+  });
+});
+
+describe('keys', () => {
+  test('fixed: objects without own enumerable fields all vary alike: one user\'s fragment is served to another', async () => {
+    class User {
+      #id: number;
+      constructor(id: number) {
+        this.#id = id;
+      }
+      get id() {
+        return this.#id;
+      }
+    }
+    const engine = createEngine({ views: views({ 'c.njk': '<% cache 60 card user %>{{ user.id }}<% endcache %>', 'u.njk': '<% cache 60 link u %>{{ u }}<% endcache %>' }) });
+    // Decision: an instance with no fields of its own cannot be a key (KeyError), rather than vary like every other.
+    await expect(engine.render('c.njk', { user: new User(1) })).rejects.toThrow(/cannot vary on an instance of User with no fields of its own/);
+    expect(await engine.render('u.njk', { u: new URL('https://example.com/a') })).toBe('https://example.com/a');
+    await expect(engine.render('u.njk', { u: new URL('https://example.com/b') })).resolves.not.toBe('https://example.com/a');
+  });
+
+  test('fixed: a sparse array gives the same key as the array without its holes', () => {
+    // eslint-disable-next-line no-sparse-arrays
+    expect(fragmentKey('fc:1:', 'box', null, [[1, , 2]])).not.toBe(fragmentKey('fc:1:', 'box', null, [[1, 2]]));
+  });
+
+  test('fixed: the version option of get/set is not validated, so a version can forge another key', async () => {
+    const cache = new FragmentCache(new MemoryStore(), { prefix: 'app' });
+    await cache.set('a:k:=s1:b', 'value of another key');
+    await expect(cache.get('b', { version: '1:k:=s9:a' })).rejects.toThrow(/option "version"/);
+  });
+});
+
+describe('API and messages', () => {
+  test('fixed: set() with tags rejects when the store is down (README: it resolves false)', async () => {
+    const down = (): Promise<never> => Promise.reject(new Error('connection refused'));
+    const failing: Store = { kind: 'down', shared: true, getMany: down, setMany: down, add: down, deleteMany: down, clear: down, close: async () => undefined };
+    const cache = new FragmentCache(failing);
+    cache.on('error', () => undefined);
+    await expect(cache.set('k', 'v')).resolves.toBe(false);
+    await expect(cache.set('k', 'v', { tags: ['t'] })).resolves.toBe(false);
+  });
+
+  test('fixed: a Symbol vary value is described as "an object (Symbol)"', async () => {
+    const engine = createEngine({ views: views({ 's.njk': '<% cache 60 box s %>x<% endcache %>' }) });
+    await expect(engine.render('s.njk', { s: Symbol('id') })).rejects.toThrow(/cannot vary on a symbol/);
+  });
+
+  test('fixed: an error raised on the first line of a template carries no line or column', async () => {
+    const engine = createEngine({ views: views({ 'p.njk': '<p>{{ f() }}</p>\n', 'q.njk': '<% cache 60 box %>{{ f() }}<% endcache %>' }), store: keyvStore() });
+    const f = () => {
+      throw new Error('thrown');
+    };
+    for (const t of ['p.njk', 'q.njk']) {
+      const err = await engine.render(t, { f }).then(() => undefined, (e: unknown) => e as { message: string; line?: number; column?: number });
+      expect(err?.message).toMatch(new RegExp(`^${t.replace('.', '\\.')}:1:\\d+: `));
+      expect(err?.line).toBe(1);
+    }
+  });
+
+  test('fixed: stats and the store event count writes of a failed render that are never made', async () => {
+    let n = 0;
+    const engine = createEngine({ views: views({ 'p.njk': '<% cache 60 O %><% cache 60 I %>i<% endcache %>{{ f() }}<% endcache %>' }), store: keyvStore() });
+    const stored: string[] = [];
+    engine.on('store', (e) => stored.push(e.name));
+    const f = () => {
+      if (++n === 2) throw new Error('second pass');
+      return 'ok';
+    };
+    await expect(engine.render('p.njk', { f })).rejects.toThrow(/second pass/);
+    const written = await engine.cache.store.getMany([...(await collect(engine.cache.store.keys!('fc:1:f:')))]);
+    expect(written.length).toBe(0); // nothing written, as the README says...
+    expect(stored).toEqual([]); // ...but I was reported as stored
+    expect(engine.stats().stores).toBe(0);
+  });
+
+  test('fixed: maxPasses and timeout are not validated (NaN maxPasses never ends a render whose keys keep changing)', () => {
+    expect(() => createEngine({ views: views({}), maxPasses: NaN })).toThrow(/option "maxPasses"/);
+    expect(() => createEngine({ views: views({}), timeout: -1 })).toThrow(/option "timeout"/);
+  });
+
+  test('fixed: the memory store\'s byte bound ignores entry tags: an outer fragment inheriting many tags is counted at a fraction of its size', async () => {
+    const store = new MemoryStore({ maxBytes: 1_000_000 });
+    const engine = createEngine({ views: views({ 'p.njk': '<% cache 60 outer %><% for i in range(2000) %><% cache 60 c i tags=["item:" ~ i] %>.<% endcache %><% endfor %><% endcache %>' }), store });
+    await engine.render('p.njk');
+    const keys = await collect(store.keys('fc:1:f:outer/'));
+    const outer = store.sync.get(keys[0])!;
+    const real = JSON.stringify(outer.tags).length; // at least this many characters live in the entry
+    expect(store.bytes).toBeGreaterThanOrEqual(real);
+  });
+
+  test('fixed: invalidateOn whose function returns nothing throws into the app\'s emit()', () => {
+    const engine = createEngine({ views: views({}) });
+    engine.on('error', () => undefined);
+    const emitter = new EventEmitter();
+    engine.invalidateOn(emitter, 'saved', () => undefined as unknown as { tags: string[] });
+    expect(() => emitter.emit('saved')).not.toThrow();
+  });
+});
+
+describe('guards (pass: properties verified)', () => {
+  test('guard: a fragment twice in a page, nested under when=false and ttl 0, renders like plain Nunjucks on miss and hit (keyv)', async () => {
+    const page =
+      '<% macro m(x) %><% cache 60 mac x %>m{{ x }}<% endcache %><% endmacro %>' +
+      '<% cache 60 twice %>T<% endcache %><% cache 0 live %>L<% cache 60 twice %>T<% endcache %><% cache 60 o when=false %>W{{ m(1) }}<% endcache %><% endcache %>' +
+      '<% cache 60 outer %>{{ m(1) }}<% cache 60 in2 %>i<% endcache %><% endcache %>';
+    const engine = createEngine({ views: views({ 'p.njk': page }), store: keyvStore() });
+    const expected = 'TLTWm1m1i';
+    expect(await engine.render('p.njk')).toBe(expected);
+    expect(await engine.render('p.njk')).toBe(expected);
+    await engine.invalidate('mac', [1]);
+    expect(await engine.render('p.njk')).toBe(expected);
+  });
+
+  test('guard: an error in a body on a later pass fails the render and stores nothing of the failed fragment (keyv)', async () => {
+    let n = 0;
+    const engine = createEngine({ views: views({ 'p.njk': '<% cache 60 O %><% cache 60 I %>i<% endcache %>{{ f() }}<% endcache %>' }), store: keyvStore() });
+    const f = () => {
+      if (++n === 2) throw new Error('second pass');
+      return 'ok';
+    };
+    await expect(engine.render('p.njk', { f })).rejects.toThrow(/^p\.njk\b.*second pass/);
+    expect(await engine.render('p.njk', { f })).toBe('iok');
+    expect(n).toBe(4); // O was not stored: its body ran again (twice: I is unknown again on the first pass)
+  });
+
+});
+
+async function collect(it: AsyncIterable<string>): Promise<string[]> {
+  const out: string[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
