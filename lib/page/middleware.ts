@@ -1,0 +1,363 @@
+/**
+ * Whole-page caching middleware for Express: capture of the response on a miss, replay on a hit.
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Request } from 'express';
+import { FragmentCache } from '../cache';
+import { parseTtl, type Ttl } from '../duration';
+import type { Engine } from '../engine';
+import { OptionError } from '../errors';
+import { createStore, type StoreSpec } from '../stores';
+import { PageCache, type PageEntry, type PageMeta, type PageRequest } from './cache';
+import { etagMatches, formatCacheControl, maxAge, parseCacheControl, parseVary, refusal, type Refusal } from './policy';
+import { ENGINE_SETTING } from './view';
+
+/** The request as the middleware reads it (an Express request). */
+export interface PageReq extends IncomingMessage {
+  originalUrl?: string;
+  protocol?: string;
+  host?: string;
+  app?: { get(setting: string): unknown };
+}
+
+/** The response as the middleware uses it (an Express response). */
+export interface PageRes extends ServerResponse {
+  locals?: Record<string, unknown>;
+}
+
+/** Options shared by {@link cachePage} and {@link cacheMiddleware}. */
+export interface PageCacheOptions {
+  /**
+   * Where pages go: a store spec (`"memory"`, a URL, a Keyv, a `Store`), a `FragmentCache`, or an `Engine`
+   * (its `pages` store if it has one, else its default store). Default: the engine registered on the app with
+   * `engine.express(app)`, else one in-process memory store shared by every middleware without a store.
+   */
+  store?: StoreSpec | FragmentCache | Engine;
+  /** Key prefix (Django's `key_prefix`): pages under different prefixes never see each other. Default `""`. */
+  prefix?: string;
+  /**
+   * Extra values the page varies on, besides host, URL and `Vary` headers (e.g. `(req) => req.user?.id`).
+   * Any value fragcache can key on (strings, numbers, arrays, plain objects); encoded without collisions.
+   */
+  key?: (req: Request) => unknown;
+  /**
+   * Tags of the page, known before the route runs: `engine.invalidateTag(tag)` (or {@link invalidatePageTag})
+   * drops it. A route can add tags while it runs with `res.locals.cacheTags = [...]`.
+   */
+  tags?: readonly string[] | ((req: Request) => readonly string[]);
+  /**
+   * Store responses to requests that carry a `Cookie` header even when the response has no `Vary: Cookie`.
+   * Only for pages that do not depend on cookies, or whose `key` covers what they read from cookies.
+   * Default false.
+   */
+  allowCookies?: boolean;
+}
+
+/** Options of {@link cacheMiddleware}. */
+export interface SiteCacheOptions extends PageCacheOptions {
+  /** Seconds (or a duration string) a page is kept when the response sets no `max-age` (default 600). */
+  ttl?: Ttl;
+}
+
+/** A page caching middleware, with the invalidation of the cache it uses. */
+export interface PageMiddleware {
+  (req: PageReq, res: PageRes, next: (err?: unknown) => void): void;
+  /** Drops every cached variant of a URL (a path with its query, or an absolute URL) from this middleware's cache. */
+  invalidatePage(url: string, app?: { get(setting: string): unknown }): Promise<void>;
+}
+
+const NOT_REPLAYED = new Set([
+  'connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authenticate',
+  'proxy-connection', 'date', 'age', 'set-cookie', 'content-length', 'x-cache', 'cache-status',
+]);
+
+let sharedMemory: FragmentCache | undefined;
+/** The in-process cache used by middlewares that have no store and no engine. */
+export function defaultPageCache(): FragmentCache {
+  return (sharedMemory ??= new FragmentCache(createStore('memory')));
+}
+
+function isEngine(x: unknown): x is Engine {
+  return typeof x === 'object' && x !== null && (x as Engine).caches instanceof Map && typeof (x as Engine).invalidateTag === 'function' && 'env' in x;
+}
+
+/** The cache pages go to for a store option value / engine. */
+export function pageCacheOf(target: StoreSpec | FragmentCache | Engine | undefined, option = 'store'): FragmentCache {
+  if (target === undefined) return defaultPageCache();
+  if (target instanceof FragmentCache) return target;
+  if (isEngine(target)) return target.caches.get('pages') ?? target.cache;
+  return new FragmentCache(createStore(target, {}, option));
+}
+
+function ttlMsOf(ttl: unknown, option: string): number {
+  const r = parseTtl(ttl);
+  if ('error' in r || r.ms === null || r.ms < 1000) throw new OptionError(option, ttl, 'expected a page lifetime of at least 1 second (seconds or a duration like "15m")');
+  return r.ms;
+}
+
+function checkOptions(o: PageCacheOptions): void {
+  if (typeof o !== 'object' || o === null) throw new OptionError('options', o, 'expected an object');
+  if (o.prefix !== undefined && typeof o.prefix !== 'string') throw new OptionError('prefix', o.prefix, 'expected a string');
+  if (o.key !== undefined && typeof o.key !== 'function') throw new OptionError('key', o.key, 'expected a function of the request');
+  if (o.tags !== undefined && typeof o.tags !== 'function' && !(Array.isArray(o.tags) && o.tags.every((t) => typeof t === 'string' && t))) {
+    throw new OptionError('tags', o.tags, 'expected a list of non-empty strings or a function of the request');
+  }
+  if (o.allowCookies !== undefined && typeof o.allowCookies !== 'boolean') throw new OptionError('allowCookies', o.allowCookies, 'expected true or false');
+}
+
+/** Replays a stored page: its headers, `Age`, `X-Cache: HIT`, `Cache-Status`; a 304 when `If-None-Match` matches. */
+function serveHit(req: PageReq, res: PageRes, entry: PageEntry): void {
+  const meta = entry.meta;
+  const now = Date.now();
+  res.statusCode = meta.status;
+  for (const name in meta.headers) res.setHeader(name, meta.headers[name]);
+  res.setHeader('Age', String(Math.max(0, Math.floor((now - entry.created) / 1000))));
+  res.setHeader('X-Cache', 'HIT');
+  const left = entry.expires === null ? undefined : Math.max(0, Math.floor((entry.expires - now) / 1000));
+  res.setHeader('Cache-Status', left === undefined ? 'fragcache; hit' : `fragcache; hit; ttl=${left}`);
+  if (etagMatches(req.headers['if-none-match'], meta.etag)) {
+    res.statusCode = 304;
+    for (const h of ['content-type', 'content-length', 'content-encoding']) res.removeHeader(h);
+    res.end();
+    return;
+  }
+  // The body is kept as latin1 (one char per byte): its length is its byte length, and writing it is a copy.
+  res.setHeader('Content-Length', entry.body.length);
+  if (req.method === 'HEAD') res.end();
+  else res.end(entry.body, 'latin1');
+}
+
+function etagOf(body: Buffer): string {
+  return `"${createHash('sha1').update(body).digest('base64url')}"`;
+}
+
+function toBuffer(chunk: unknown, encoding: unknown): Buffer | undefined {
+  if (chunk === undefined || chunk === null) return Buffer.alloc(0);
+  if (typeof chunk === 'string') return Buffer.from(chunk, (typeof encoding === 'string' ? encoding : 'utf8') as BufferEncoding);
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  return undefined;
+}
+
+interface Capture {
+  pages: PageCache;
+  request: PageRequest;
+  started: number;
+  versions: Map<string, string>;
+  ttlMs: number;
+  /** Page TTL wins over the response's `max-age` (cachePage); else `max-age` wins over `ttlMs` (cacheMiddleware). */
+  pageTtlWins: boolean;
+  allowCookies: boolean;
+  /** The route has a `key` option (the page may differ per user). */
+  keyed: boolean;
+}
+
+/**
+ * Wraps `writeHead`, `write` and `end` of one response. The decision is taken when the headers go out (so
+ * `Cache-Control`, `Expires` and `ETag` can still be set); the body is stored after `end` only when it was
+ * sent in one piece (anything written before `end` is a streamed response, never stored).
+ */
+function capture(req: PageReq, res: PageRes, c: Capture): void {
+  const writeHead = res.writeHead;
+  const write = res.write;
+  const end = res.end;
+  let streamed = false;
+  let endBody: Buffer | undefined;
+  let plan: { store: false } | { store: true; meta: PageMeta; ttlMs: number } | undefined;
+
+  const decide = () => {
+    const status = res.statusCode;
+    const cc = parseCacheControl(res.getHeader('cache-control'));
+    const vary = parseVary(res.getHeader('vary'));
+    const facts = {
+      method: 'GET', // a HEAD is decided as its GET (headers), but never stored: it has no body
+      status: status === 304 ? 200 : status,
+      authorization: req.headers.authorization !== undefined,
+      cookie: req.headers.cookie !== undefined,
+      allowCookies: c.allowCookies,
+      cacheControl: cc,
+      setCookie: res.hasHeader('set-cookie'),
+      vary,
+    };
+    let why: Refusal | undefined = refusal(facts);
+    if (!why && streamed) why = 'streamed';
+    if (!why && req.method !== 'GET') why = 'method';
+    if (!why && status !== 200) why = 'status';
+    // Headers of a cacheable response (and of a 304 that would have been one): as Django's patch_response_headers.
+    const headersOk = refusal(facts) === undefined;
+    const viewAge = maxAge(cc);
+    const ttlMs = c.pageTtlWins || viewAge === undefined ? c.ttlMs : viewAge * 1000;
+    if (headersOk) {
+      cc.set('max-age', String(Math.floor(ttlMs / 1000)));
+      // Keyed by `key`, or shared across cookies on the route's word: right for this cache, which keys on
+      // those values, but a proxy or CDN would not; unless the route said `public`, only browsers may keep it.
+      if ((c.keyed || (facts.cookie && c.allowCookies)) && !cc.has('public')) cc.set('private', true);
+      res.setHeader('Cache-Control', formatCacheControl(cc));
+      res.setHeader('Expires', new Date(Date.now() + ttlMs).toUTCString());
+    }
+    if (why) {
+      res.setHeader('Cache-Status', `fragcache; fwd=uri-miss; stored=?0; detail=${why}`);
+      plan = { store: false };
+      return;
+    }
+    // The body is known here when it is sent with `end` (res.send); after an explicit writeHead it is not yet.
+    let etag = res.getHeader('etag');
+    if (typeof etag !== 'string') {
+      etag = endBody ? etagOf(endBody) : '';
+      if (etag) res.setHeader('ETag', etag);
+    }
+    res.setHeader('Cache-Status', endBody ? 'fragcache; fwd=uri-miss; stored' : 'fragcache; fwd=uri-miss');
+    const headers: Record<string, string | string[]> = {};
+    for (const [name, value] of Object.entries(res.getHeaders())) {
+      if (value !== undefined && !NOT_REPLAYED.has(name)) headers[name] = typeof value === 'number' ? String(value) : value;
+    }
+    plan = { store: true, ttlMs, meta: { status, headers, vary, etag } };
+  };
+
+  res.writeHead = function (this: PageRes, status: number, ...rest: unknown[]) {
+    const reason = typeof rest[0] === 'string' ? rest[0] : undefined;
+    const headers = reason === undefined ? rest[0] : rest[1];
+    if (plan === undefined) {
+      if (Array.isArray(headers)) plan = { store: false }; // raw header arrays: passed through, never stored
+      else {
+        if (headers && typeof headers === 'object') for (const [k, v] of Object.entries(headers)) if (v !== undefined) res.setHeader(k, v as string);
+        res.statusCode = status;
+        decide();
+        return reason === undefined ? writeHead.call(res, status) : (writeHead as (...a: unknown[]) => PageRes).call(res, status, reason);
+      }
+    }
+    return (writeHead as (...a: unknown[]) => PageRes).call(res, status, ...rest);
+  } as typeof res.writeHead;
+
+  res.write = function (this: PageRes, ...args: unknown[]) {
+    streamed = true;
+    return (write as (...a: unknown[]) => boolean).apply(res, args);
+  } as typeof res.write;
+
+  res.end = function (this: PageRes, ...args: unknown[]) {
+    const [chunk, encoding] = typeof args[0] === 'function' ? [undefined, undefined] : [args[0], typeof args[1] === 'function' ? undefined : args[1]];
+    if (!streamed) endBody = toBuffer(chunk, encoding);
+    const out = (end as (...a: unknown[]) => PageRes).apply(res, args);
+    if (plan?.store && !streamed && endBody) void finish(res, c, { ...plan, meta: { ...plan.meta, etag: plan.meta.etag || etagOf(endBody) } }, endBody);
+    return out;
+  } as typeof res.end;
+}
+
+/** Stores a captured page once its tags' versions are known. Never throws: the response is already sent. */
+async function finish(res: PageRes, c: Capture, plan: { meta: PageMeta; ttlMs: number }, body: Buffer): Promise<void> {
+  try {
+    const versions = new Map(c.versions);
+    const late = res.locals?.cacheTags;
+    if (late !== undefined) {
+      const keys = c.pages.cache.userTags(late, 'res.locals.cacheTags').map((t) => c.pages.cache.tagKey(t)).filter((k) => !versions.has(k));
+      const lateVersions = await c.pages.lateVersions(keys, c.started);
+      if (!lateVersions) return; // a tag was invalidated while this page was produced
+      for (const [k, v] of lateVersions) versions.set(k, v);
+    }
+    await c.pages.store(c.request, { body: body.toString('latin1'), meta: plan.meta, ttlMs: plan.ttlMs, tags: versions });
+  } catch (err) {
+    c.pages.cache.report(err);
+  }
+}
+
+function makeMiddleware(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): PageMiddleware {
+  checkOptions(o);
+  const fixed = o.store === undefined ? undefined : pageCacheOf(o.store);
+  const prefix = o.prefix ?? '';
+  const byCache = new WeakMap<FragmentCache, PageCache>();
+  const pagesFor = (app: { get(s: string): unknown } | undefined): PageCache => {
+    const engine = app?.get?.(ENGINE_SETTING) as Engine | undefined;
+    const cache = fixed ?? (engine ? pageCacheOf(engine) : defaultPageCache());
+    let pages = byCache.get(cache);
+    if (!pages) byCache.set(cache, (pages = new PageCache(cache, prefix)));
+    return pages;
+  };
+
+  const middleware = ((req: PageReq, res: PageRes, next: (err?: unknown) => void) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return next();
+    let pages: PageCache;
+    let request: PageRequest;
+    try {
+      pages = pagesFor(req.app);
+      request = {
+        protocol: req.protocol ?? ((req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
+        host: String(req.host ?? req.headers.host ?? '').toLowerCase(),
+        url: req.originalUrl ?? req.url ?? '/',
+        headers: req.headers,
+        extra: o.key ? o.key(req as Request) : undefined,
+      };
+      // Validate the key now: a bad key value is the route's bug, reported as its error.
+      pages.pageKey(request, []);
+    } catch (err) {
+      return next(err);
+    }
+    const started = Date.now();
+    res.setHeader('X-Cache', 'MISS');
+    pages.lookup(request).then(
+      async (hit) => {
+        if (hit) return serveHit(req, res, hit);
+        let tagKeys: string[];
+        try {
+          tagKeys = pages.tagKeys(request.url, typeof o.tags === 'function' ? o.tags(req as Request) : o.tags, 'tags');
+        } catch (err) {
+          return next(err);
+        }
+        let versions: Map<string, string>;
+        try {
+          // Read before the route runs: an invalidation during the render then makes this entry stale at once.
+          versions = await pages.cache.tagVersions(tagKeys);
+        } catch (err) {
+          pages.cache.report(err); // store down: serve uncached
+          return next();
+        }
+        capture(req, res, { pages, request, started, versions, ttlMs, pageTtlWins, allowCookies: o.allowCookies ?? false, keyed: o.key !== undefined });
+        next();
+      },
+      (err) => {
+        pages.cache.report(err);
+        next();
+      },
+    ).catch(next);
+  }) as PageMiddleware;
+
+  middleware.invalidatePage = (url: string, app?: { get(setting: string): unknown }) => pagesFor(app).invalidatePage(url);
+  return middleware;
+}
+
+/**
+ * Caches a route's whole response for `ttl` (Django's `@cache_page(60 * 15)`). The page TTL wins over a
+ * `max-age` the route set. See the README for the rules (only GET/HEAD, only 200, never private, …).
+ *
+ * @example app.get('/articles/:id', cachePage('15m', { tags: (req) => [`article:${req.params.id}`] }), show)
+ */
+export function cachePage(ttl: Ttl, options: PageCacheOptions = {}): PageMiddleware {
+  return makeMiddleware(ttlMsOf(ttl, 'ttl'), true, options);
+}
+
+/**
+ * Caches every eligible response of the app (Django's `UpdateCacheMiddleware` + `FetchFromCacheMiddleware`
+ * in one). A `max-age` set by the route wins over `ttl` (default 600 s).
+ */
+export function cacheMiddleware(options: SiteCacheOptions = {}): PageMiddleware {
+  if (typeof options !== 'object' || options === null) throw new OptionError('options', options, 'expected an object');
+  const { ttl = 600, ...rest } = options;
+  return makeMiddleware(ttlMsOf(ttl, 'ttl'), false, rest);
+}
+
+/**
+ * Drops every cached variant of a page (path with query, or an absolute URL: every host is dropped) in
+ * `target`: an engine (every store it has), a cache, or by default the shared memory cache.
+ */
+export async function invalidatePage(url: string, target?: Engine | FragmentCache): Promise<void> {
+  if (typeof url !== 'string' || !url) throw new OptionError('url', url, 'expected a URL or a path');
+  const caches = isEngine(target) ? [...new Set(target.caches.values())] : [pageCacheOf(target)];
+  await Promise.all(caches.map((c) => new PageCache(c).invalidatePage(url)));
+}
+
+/** Drops pages (and fragments and values) tagged with any of `tags` in `target` (default: the shared memory cache). */
+export async function invalidatePageTag(tags: string | readonly string[], target?: Engine | FragmentCache): Promise<void> {
+  const list = typeof tags === 'string' ? [tags] : [...tags];
+  if (isEngine(target)) return target.invalidateTag(...list);
+  await pageCacheOf(target).invalidateTag(...list);
+}

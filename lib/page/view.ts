@@ -1,0 +1,93 @@
+/**
+ * The Express view engine: `res.render(view, locals)` renders fragcache templates (views resolved from the
+ * engine's `views`), without replacing the app's other view engines.
+ * @module
+ */
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { Engine } from '../engine';
+import { OptionError } from '../errors';
+
+/** Options of `engine.express(app, options)`. */
+export interface ExpressViewOptions {
+  /** File extensions rendered by fragcache (default `["njk"]`). Other extensions keep their own engines. */
+  extensions?: string[];
+  /**
+   * Make the first extension the app's `view engine` (so `res.render("page")` finds `page.njk`). Default: only
+   * when the app has no `view engine` yet.
+   */
+  defaultEngine?: boolean;
+}
+
+/** The parts of an Express app this module uses (Express itself is never imported at run time). */
+export interface ExpressAppLike {
+  get(setting: string): unknown;
+  set(setting: string, value: unknown): unknown;
+}
+
+type ViewOptions = { defaultEngine?: string; root: string | string[]; engines: Record<string, unknown> };
+type ViewClass = new (name: string, options: ViewOptions) => { path?: string; render(options: object, cb: (err: unknown, html?: string) => void): void };
+
+/** The app setting under which the engine is kept (the page cache middlewares find it there). */
+export const ENGINE_SETTING = 'fragcache engine';
+
+function dotted(ext: string): string {
+  return ext.startsWith('.') ? ext : `.${ext}`;
+}
+
+/**
+ * Registers `engine` as the renderer of its extensions in `app`. It installs a `view` class that handles
+ * only those extensions and hands every other name to the class the app had before, so EJS, Pug… keep working
+ * and keep resolving from the app's `views` setting.
+ */
+export function useEngine(engine: Engine, app: ExpressAppLike, options: ExpressViewOptions = {}): void {
+  if (typeof app?.get !== 'function' || typeof app?.set !== 'function') throw new OptionError('app', app, 'expected an Express application');
+  const extensions = options.extensions ?? ['njk'];
+  if (!Array.isArray(extensions) || !extensions.length || !extensions.every((e) => typeof e === 'string' && /^\.?[\w.-]+$/.test(e))) {
+    throw new OptionError('extensions', extensions, 'expected a non-empty list of file extensions like "njk"');
+  }
+  const exts = extensions.map(dotted);
+  const Base = app.get('view') as ViewClass;
+  if (typeof Base !== 'function') throw new OptionError('app', app, 'expected an Express application (it has no "view" setting)');
+
+  class FragcacheView {
+    path?: string;
+    name = "";
+    private template = '';
+
+    constructor(name: string, opts: ViewOptions) {
+      const ext = path.extname(name) || (opts.defaultEngine ? dotted(opts.defaultEngine) : '');
+      // Not ours: the app's previous view class does everything, as if fragcache were not there.
+      if (!exts.includes(ext)) return new Base(name, opts) as unknown as FragcacheView;
+      this.name = path.extname(name) ? name : name + ext;
+      for (const root of engine.views) {
+        const file = path.resolve(root, this.name);
+        if (file.startsWith(root + path.sep) && existsSync(file) && statSync(file).isFile()) {
+          this.path = file;
+          this.template = path.relative(root, file).split(path.sep).join('/');
+          break;
+        }
+      }
+      // Express reports "Failed to lookup view … in views directory …" using `root`.
+      (this as unknown as { root: string[] }).root = engine.views;
+    }
+
+    render(locals: object, cb: (err: unknown, html?: string) => void): void {
+      let called = false;
+      const once = (err: unknown, html?: string) => {
+        if (called) return;
+        called = true;
+        cb(err, html);
+      };
+      // Template errors become `next(err)` in Express; nothing here can throw past the callback.
+      engine.render(this.template, locals).then(
+        (html) => once(null, html),
+        (err) => once(err),
+      ).catch((err) => process.emitWarning(`fragcache: the render callback threw: ${String((err as Error)?.message ?? err)}`, { code: 'FRAGCACHE_VIEW' }));
+    }
+  }
+
+  app.set('view', FragcacheView);
+  app.set(ENGINE_SETTING, engine);
+  if (options.defaultEngine ?? !app.get('view engine')) app.set('view engine', exts[0].slice(1));
+}

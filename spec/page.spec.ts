@@ -1,0 +1,416 @@
+/** Whole-page caching rules (Django's cache_page and its 2026 fixes), each over real HTTP. */
+import http from 'node:http';
+import { once } from 'node:events';
+import express, { type Express, type RequestHandler } from 'express';
+import request from 'supertest';
+import { createEngine, FragmentCache, MemoryStore, OptionError, type Store } from '../lib';
+import { cacheMiddleware, cachePage, invalidatePage, invalidatePageTag, PageCache, parseVary, type PageMiddleware } from '../lib/express';
+import { views } from './support/views';
+
+const servers: http.Server[] = [];
+afterAll(async () => {
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+});
+
+/** Starts the app on a loopback port; one server per app, so the Host header stays the same. */
+async function serve(app: Express): Promise<http.Server> {
+  const s = app.listen(0, '127.0.0.1');
+  servers.push(s);
+  await once(s, 'listening');
+  return s;
+}
+
+/** An app with one route `path` whose handler counts its runs. */
+async function appWith(mw: RequestHandler | PageMiddleware, handler: RequestHandler, path = '/p') {
+  const app = express();
+  let runs = 0;
+  app.all(path, mw as RequestHandler, (req, res, next) => {
+    runs++;
+    return handler(req, res, next);
+  });
+  return { server: await serve(app), runs: () => runs };
+}
+
+const fresh = () => new FragmentCache(new MemoryStore());
+const hello: RequestHandler = (req, res) => void res.send(`hello ${req.query.q ?? ''}`);
+
+describe('cachePage: basics and headers', () => {
+  it('serves the second GET from the cache with Age, Expires, max-age and X-Cache', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), hello);
+    const a = await request(server).get('/p').expect(200);
+    expect(a.headers['x-cache']).toBe('MISS');
+    expect(a.headers['cache-control']).toBe('max-age=60');
+    expect(Date.parse(a.headers.expires) - Date.now()).toBeGreaterThan(55_000);
+    expect(a.headers.age).toBeUndefined();
+    const b = await request(server).get('/p').expect(200);
+    expect(b.headers['x-cache']).toBe('HIT');
+    expect(b.headers['cache-status']).toMatch(/^fragcache; hit; ttl=\d+$/);
+    expect(b.headers.age).toBe('0');
+    expect(b.text).toBe('hello ');
+    expect(b.headers['content-type']).toBe(a.headers['content-type']);
+    expect(b.headers.etag).toBe(a.headers.etag);
+    expect(runs()).toBe(1);
+  });
+
+  it('replays bodies byte for byte (UTF-8 text and binary)', async () => {
+    const text = 'héllo — 😀 ✓';
+    const bin = Buffer.from([0, 255, 128, 10, 13, 0xc3, 0x28]);
+    const t = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.type('text').send(text));
+    const b = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.type('application/octet-stream').send(bin));
+    await request(t.server).get('/p');
+    const hit = await request(t.server).get('/p');
+    expect([hit.headers['x-cache'], hit.text, hit.headers['content-length']]).toEqual(['HIT', text, String(Buffer.byteLength(text))]);
+    await request(b.server).get('/p');
+    const raw = await request(b.server).get('/p').buffer(true).parse((res, cb) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => cb(null, Buffer.concat(chunks)));
+    });
+    expect(raw.headers['x-cache']).toBe('HIT');
+    expect(Buffer.compare(raw.body as Buffer, bin)).toBe(0);
+  });
+
+  it('reports the age of a hit and expires after the TTL', async () => {
+    const { server, runs } = await appWith(cachePage(2, { store: fresh() }), hello);
+    const realNow = Date.now.bind(Date);
+    let offset = 0;
+    const spy = jest.spyOn(Date, 'now').mockImplementation(() => realNow() + offset);
+    try {
+      await request(server).get('/p');
+      offset = 1100;
+      expect((await request(server).get('/p')).headers.age).toBe('1');
+      offset = 2100;
+      expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+      expect(runs()).toBe(2);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('lets the page TTL win over a max-age the view set', async () => {
+    const { server } = await appWith(cachePage('15m', { store: fresh() }), (req, res) => void res.set('Cache-Control', 'public, max-age=5').send('x'));
+    const r = await request(server).get('/p');
+    expect(r.headers['cache-control']).toBe('public, max-age=900');
+  });
+
+  it('site-wide: the view max-age wins over the default ttl, and every GET route is cached', async () => {
+    const app = express();
+    let runs = 0;
+    app.use(cacheMiddleware({ ttl: 30, store: fresh() }));
+    app.get('/a', (req, res) => void (runs++, res.send('a')));
+    app.get('/b', (req, res) => void (runs++, res.set('Cache-Control', 'max-age=7').send('b')));
+    app.post('/a', (req, res) => void (runs++, res.send('posted')));
+    const s = await serve(app);
+    expect((await request(s).get('/a')).headers['cache-control']).toBe('max-age=30');
+    expect((await request(s).get('/b')).headers['cache-control']).toBe('max-age=7');
+    expect((await request(s).get('/a')).headers['x-cache']).toBe('HIT');
+    expect((await request(s).get('/b')).headers['x-cache']).toBe('HIT');
+    await request(s).post('/a');
+    await request(s).post('/a');
+    expect(runs).toBe(4);
+  });
+});
+
+describe('cachePage: what is never stored', () => {
+  it('only GET and HEAD: POST always reaches the view', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), hello);
+    await request(server).post('/p').expect(200);
+    const r = await request(server).post('/p').expect(200);
+    expect(r.headers['x-cache']).toBeUndefined();
+    expect(runs()).toBe(2);
+  });
+
+  it('a HEAD is served from a cached GET, and a HEAD alone stores nothing', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), hello);
+    const h1 = await request(server).head('/p').expect(200);
+    expect(h1.headers['x-cache']).toBe('MISS');
+    const g = await request(server).get('/p');
+    expect(g.headers['x-cache']).toBe('MISS');
+    expect(runs()).toBe(2);
+    const h2 = await request(server).head('/p').expect(200);
+    expect(h2.headers['x-cache']).toBe('HIT');
+    expect(h2.headers['content-length']).toBe(String(Buffer.byteLength('hello ')));
+    expect(h2.text ?? '').toBe('');
+    expect(runs()).toBe(2);
+  });
+
+  it('only status 200', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.status(404).send('nope'));
+    await request(server).get('/p').expect(404);
+    await request(server).get('/p').expect(404);
+    expect(runs()).toBe(2);
+  });
+
+  it('a 304 gets Cache-Control and Expires but is not stored', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), hello);
+    const probe = await appWith(cachePage(60, { store: fresh() }), hello); // same body, same ETag
+    const etag = (await request(probe.server).get('/p')).headers.etag;
+    const r = await request(server).get('/p').set('If-None-Match', etag).expect(304);
+    expect(r.headers['cache-control']).toBe('max-age=60');
+    expect(r.headers.expires).toBeDefined();
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+    expect(runs()).toBe(2);
+  });
+
+  it('never a streamed response', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => {
+      res.type('text');
+      res.write('part 1, ');
+      res.end('part 2');
+    });
+    expect((await request(server).get('/p')).text).toBe('part 1, part 2');
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+    expect(runs()).toBe(2);
+  });
+
+  it('stores a body sent with end() after an explicit writeHead', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      res.end('whole');
+    });
+    await request(server).get('/p');
+    const r = await request(server).get('/p');
+    expect(r.headers['x-cache']).toBe('HIT');
+    expect(r.text).toBe('whole');
+    expect(runs()).toBe(1);
+  });
+
+  it.each(['private', 'No-Cache', 'NO-STORE', 'Max-Age=0', 'public, PRIVATE'])('never when Cache-Control is %s', async (cc) => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.set('Cache-Control', cc).send('x'));
+    await request(server).get('/p');
+    const r = await request(server).get('/p');
+    expect(r.headers['x-cache']).toBe('MISS');
+    expect(runs()).toBe(2);
+  });
+
+  it('never a response that sets a cookie', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.cookie('sid', 'secret').send('x'));
+    await request(server).get('/p');
+    const r = await request(server).get('/p');
+    expect(r.headers['set-cookie']).toBeDefined();
+    expect(runs()).toBe(2);
+  });
+
+  it('never a response to a request with Authorization, unless it is public', async () => {
+    const priv = await appWith(cachePage(60, { store: fresh() }), hello);
+    await request(priv.server).get('/p').set('Authorization', 'Bearer a');
+    await request(priv.server).get('/p').set('Authorization', 'Bearer a');
+    expect(priv.runs()).toBe(2);
+    // …and nothing of user A is served to B
+    expect((await request(priv.server).get('/p').set('Authorization', 'Bearer b')).headers['x-cache']).toBe('MISS');
+
+    const pub = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.set('Cache-Control', 'Public').send('x'));
+    await request(pub.server).get('/p').set('Authorization', 'Bearer a');
+    expect((await request(pub.server).get('/p').set('Authorization', 'Bearer a')).headers['x-cache']).toBe('HIT');
+    expect(pub.runs()).toBe(1);
+  });
+
+  it('Vary: * is never cached', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.set('Vary', 'Accept, *').send('x'));
+    await request(server).get('/p');
+    await request(server).get('/p');
+    expect(runs()).toBe(2);
+  });
+
+  it('a request with cookies is stored only when the response varies on Cookie or the route allows it', async () => {
+    const plain = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.send(`for ${req.headers.cookie}`));
+    await request(plain.server).get('/p').set('Cookie', 'uid=alice');
+    const leak = await request(plain.server).get('/p').set('Cookie', 'uid=bob');
+    expect(leak.text).toBe('for uid=bob');
+    expect(plain.runs()).toBe(2);
+
+    const varied = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.set('Vary', 'Cookie').send(`for ${req.headers.cookie}`));
+    await request(varied.server).get('/p').set('Cookie', 'uid=alice');
+    expect((await request(varied.server).get('/p').set('Cookie', 'uid=bob')).text).toBe('for uid=bob');
+    const again = await request(varied.server).get('/p').set('Cookie', 'uid=alice');
+    expect([again.headers['x-cache'], again.text]).toEqual(['HIT', 'for uid=alice']);
+    expect(varied.runs()).toBe(2);
+
+    const allowed = await appWith(cachePage(60, { store: fresh(), allowCookies: true }), hello);
+    const first = await request(allowed.server).get('/p').set('Cookie', 'theme=dark');
+    expect(first.headers['cache-control']).toBe('max-age=60, private'); // not for shared proxies
+    expect((await request(allowed.server).get('/p').set('Cookie', 'theme=light')).headers['x-cache']).toBe('HIT');
+  });
+});
+
+describe('cachePage: keys', () => {
+  it('honours Vary: one entry per header value, a missing header differs from an empty one', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) =>
+      void res.set('Vary', 'X-Lang').send(`lang=${JSON.stringify(req.headers['x-lang'] ?? null)}`),
+    );
+    expect((await request(server).get('/p')).text).toBe('lang=null');
+    expect((await request(server).get('/p').set('X-Lang', '')).text).toBe('lang=""');
+    expect((await request(server).get('/p').set('X-Lang', 'fr')).text).toBe('lang="fr"');
+    expect(runs()).toBe(3);
+    expect((await request(server).get('/p')).text).toBe('lang=null');
+    expect((await request(server).get('/p').set('X-Lang', '')).text).toBe('lang=""');
+    const fr = await request(server).get('/p').set('X-Lang', 'fr');
+    expect([fr.headers['x-cache'], fr.text]).toEqual(['HIT', 'lang="fr"']);
+    expect(runs()).toBe(3);
+  });
+
+  it('the order of the Vary header does not matter', async () => {
+    let flip = false;
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => {
+      flip = !flip;
+      res.set('Vary', flip ? 'X-A, X-B' : 'x-b,x-a').send(`${req.headers['x-a']}/${req.headers['x-b']}`);
+    });
+    await request(server).get('/p').set('X-A', '1').set('X-B', '2');
+    await request(server).get('/p').set('X-A', '3').set('X-B', '4');
+    expect((await request(server).get('/p').set('X-A', '1').set('X-B', '2')).headers['x-cache']).toBe('HIT');
+    expect(runs()).toBe(2);
+    const pages = new PageCache(fresh());
+    const r = { protocol: 'http', host: 'h', url: '/', headers: { 'x-a': '1', 'x-b': '2' } };
+    expect(pages.pageKey(r, parseVary('X-A, X-B'))).toBe(pages.pageKey(r, parseVary('x-b ,x-a,X-A')));
+  });
+
+  it('the query string and the host are part of the key', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), hello);
+    expect((await request(server).get('/p?q=1')).text).toBe('hello 1');
+    expect((await request(server).get('/p?q=2')).text).toBe('hello 2');
+    expect((await request(server).get('/p?q=1')).headers['x-cache']).toBe('HIT');
+    expect((await request(server).get('/p?q=1').set('Host', 'other.example')).headers['x-cache']).toBe('MISS');
+    expect(runs()).toBe(3);
+  });
+
+  it('key parts are encoded without collisions', () => {
+    const pages = new PageCache(fresh());
+    const r = (host: string, url: string, extra?: unknown) => pages.pageKey({ protocol: 'http', host, url, headers: {}, extra }, []);
+    expect(r('a', '/b:c')).not.toBe(r('a/b', ':c'));
+    expect(r('h', '/', 1)).not.toBe(r('h', '/', '1'));
+    expect(r('h', '/', null)).not.toBe(r('h', '/', undefined));
+    const v = (headers: Record<string, string>) => pages.pageKey({ protocol: 'http', host: 'h', url: '/', headers }, ['x-a', 'x-b']);
+    expect(v({ 'x-a': 'a,', 'x-b': 'b' })).not.toBe(v({ 'x-a': 'a', 'x-b': ',b' }));
+  });
+
+  it('the key option adds values the page varies on', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh(), key: (req) => [req.query.v === '1' ? 1 : '1'] }), hello);
+    await request(server).get('/p').query({ v: '1' });
+    await request(server).get('/p?v=1');
+    expect(runs()).toBe(1);
+    const prefixed = new PageCache(fresh(), 'a');
+    expect(prefixed.headerKey({ protocol: 'http', host: 'h', url: '/', headers: {} })).not.toBe(new PageCache(prefixed.cache, '').headerKey({ protocol: 'http', host: 'h', url: '/', headers: {} }));
+  });
+});
+
+describe('cachePage: ETag', () => {
+  it('answers If-None-Match with a 304 on a hit (weak comparison, and *)', async () => {
+    const { server } = await appWith(cachePage(60, { store: fresh() }), (req, res) => void res.type('text').end('raw body'));
+    const first = await request(server).get('/p');
+    const etag: string = first.headers.etag;
+    expect(etag).toMatch(/^"[\w-]+"$/);
+    const r = await request(server).get('/p').set('If-None-Match', `"other", W/${etag}`).expect(304);
+    expect(r.headers['x-cache']).toBe('HIT');
+    expect(r.headers.etag).toBe(etag);
+    expect(r.text ?? '').toBe('');
+    await request(server).get('/p').set('If-None-Match', '*').expect(304);
+    await request(server).get('/p').set('If-None-Match', '"nope"').expect(200);
+  });
+});
+
+describe('cachePage: invalidation', () => {
+  it('invalidatePage drops every variant of a URL', async () => {
+    const store = fresh();
+    const { server, runs } = await appWith(cachePage(60, { store }), (req, res) => void res.set('Vary', 'X-Lang').send('x'));
+    await request(server).get('/p?q=1').set('X-Lang', 'en');
+    await request(server).get('/p?q=1').set('X-Lang', 'fr');
+    await request(server).get('/p?q=2');
+    await invalidatePage('http://127.0.0.1/p?q=1', store);
+    expect((await request(server).get('/p?q=1').set('X-Lang', 'en')).headers['x-cache']).toBe('MISS');
+    expect((await request(server).get('/p?q=1').set('X-Lang', 'fr')).headers['x-cache']).toBe('MISS');
+    expect((await request(server).get('/p?q=2')).headers['x-cache']).toBe('HIT');
+    expect(runs()).toBe(5);
+  });
+
+  it('the middleware invalidates its own cache; no store means the shared memory cache', async () => {
+    const mw = cachePage(60);
+    const { server } = await appWith(mw, hello, '/shared-default');
+    await request(server).get('/shared-default');
+    expect((await request(server).get('/shared-default')).headers['x-cache']).toBe('HIT');
+    await mw.invalidatePage('/shared-default');
+    expect((await request(server).get('/shared-default')).headers['x-cache']).toBe('MISS');
+    await invalidatePage('/shared-default');
+    expect((await request(server).get('/shared-default')).headers['x-cache']).toBe('MISS');
+  });
+
+  it('engine.invalidateTag drops tagged pages together with the fragments tagged so', async () => {
+    const engine = createEngine({ views: views({ 'a.njk': '<% cache 60 body id tags=["article:" ~ id] %>{{ id | count }}<% endcache %>' }) });
+    let renders = 0;
+    engine.env.addFilter('count', (x: unknown) => (renders++, x));
+    const app = express();
+    engine.express(app);
+    let runs = 0;
+    app.get('/a/:id', cachePage(60, { tags: (req) => [`article:${req.params.id}`] }), (req, res) => void (runs++, res.render('a', { id: req.params.id })));
+    app.get('/late/:id', cachePage(60), (req, res) => void (runs++, (res.locals.cacheTags = [`article:${req.params.id}`]), res.send('late')));
+    const s = await serve(app);
+    await request(s).get('/a/42');
+    await request(s).get('/a/7');
+    await request(s).get('/late/42');
+    expect((await request(s).get('/a/42')).headers['x-cache']).toBe('HIT');
+    expect((await request(s).get('/late/42')).headers['x-cache']).toBe('HIT');
+    expect([runs, renders]).toEqual([3, 2]);
+    await engine.invalidateTag('article:42');
+    expect((await request(s).get('/a/42')).headers['x-cache']).toBe('MISS');
+    expect((await request(s).get('/late/42')).headers['x-cache']).toBe('MISS');
+    expect((await request(s).get('/a/7')).headers['x-cache']).toBe('HIT');
+    expect([runs, renders]).toEqual([5, 3]); // the fragment of 42 was rendered again, not the one of 7
+    await invalidatePageTag('article:7', engine);
+    expect((await request(s).get('/a/7')).headers['x-cache']).toBe('MISS');
+    await engine.close();
+  });
+
+  it('a page whose tag is invalidated while it is produced is not stored', async () => {
+    const store = fresh();
+    const { server, runs } = await appWith(cachePage(60, { store }), async (req, res) => {
+      res.locals.cacheTags = ['t'];
+      await new Promise((r) => setImmediate(r));
+      await store.invalidateTag('t'); // an edit lands while this (now stale) page is being built
+      res.send('stale');
+    });
+    await request(server).get('/p');
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+    expect(runs()).toBe(2);
+  });
+});
+
+/** A store whose every call fails (a backend that is down). */
+function downStore(): Store {
+  const fail = async () => {
+    throw new Error('connection refused');
+  };
+  return { kind: 'down', shared: true, getMany: fail, setMany: fail, add: fail, deleteMany: fail, clear: fail, close: async () => {} };
+}
+
+describe('cachePage: store failures', () => {
+  it('serves the page uncached and reports the error', async () => {
+    const cache = new FragmentCache(downStore(), { guard: { failures: 1000 } as never });
+    const errors: unknown[] = [];
+    cache.on('error', (e) => errors.push(e));
+    const { server, runs } = await appWith(cachePage(60, { store: cache, tags: ['x'] }), hello);
+    expect((await request(server).get('/p').expect(200)).text).toBe('hello ');
+    expect((await request(server).get('/p').expect(200)).text).toBe('hello ');
+    expect(runs()).toBe(2);
+    expect(errors.length).toBeGreaterThan(0);
+  });
+});
+
+describe('options', () => {
+  it('rejects bad options with a typed error naming them', () => {
+    expect(() => cachePage(-1)).toThrow(OptionError);
+    expect(() => cachePage(0)).toThrow(/option "ttl"/);
+    expect(() => cachePage('soon')).toThrow(/option "ttl".*"soon"/);
+    expect(() => cachePage(60, { prefix: 3 as never })).toThrow(/option "prefix"/);
+    expect(() => cachePage(60, { tags: [''] })).toThrow(/option "tags"/);
+    expect(() => cachePage(60, { key: 'user' as never })).toThrow(/option "key"/);
+    expect(() => cachePage(60, { store: 'nosuch://x' })).toThrow(/option "store"/);
+    expect(() => cacheMiddleware({ ttl: 'x' })).toThrow(/option "ttl"/);
+  });
+
+  it('a key function that fails, or gives what cannot be a key, reaches the error handler', async () => {
+    const app = express();
+    app.get('/p', cachePage(60, { store: fresh(), key: () => () => 1 }), hello);
+    app.use(((err, req, res, _next) => void res.status(500).send(err.name)) as express.ErrorRequestHandler);
+    const s = await serve(app);
+    expect((await request(s).get('/p').expect(500)).text).toBe('KeyError');
+  });
+});
