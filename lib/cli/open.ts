@@ -1,0 +1,93 @@
+/**
+ * Opening engines and stores for CLI commands, with a reachability check that names the store.
+ * @module
+ */
+import { FragmentCache } from '../cache';
+import { createEngine, type Engine } from '../engine';
+import { FragcacheError } from '../errors';
+import { createStore } from '../stores';
+import type { Store } from '../store';
+import { describeStore, isMemory, type CliConfig } from './config';
+import { CliError } from './io';
+
+/** How long a store may take to answer the first call before the CLI calls it unreachable. */
+const PROBE_MS = 3000;
+
+/**
+ * Reads one key until the store answers, for up to {@link PROBE_MS}: a store that fails fast while it
+ * connects (Redis without an offline queue) gets the time to connect; one that is down or misconfigured
+ * fails here, with its name and the last connection error.
+ */
+export async function probe(cache: FragmentCache, spec: CliConfig['store']): Promise<void> {
+  const deadline = Date.now() + PROBE_MS;
+  for (let delay = 25; ; delay = Math.min(delay * 2, 400)) {
+    const left = deadline - Date.now();
+    try {
+      await cache.guard.run('getMany', () => cache.store.getMany([`${cache.prefix}:probe`]), Math.max(left, 1));
+      return;
+    } catch (err) {
+      if (Date.now() + delay >= deadline) {
+        const last = (cache.store as { lastError?: unknown }).lastError;
+        const why = last instanceof Error ? last.message : err instanceof Error ? err.message : String(err);
+        throw new CliError(`${typeof spec === 'string' ? `store ${describeStore(spec)}` : describeStore(spec)} is unreachable: ${why}`, 1, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
+
+function storeError(err: unknown, config: CliConfig): never {
+  if (err instanceof FragcacheError) throw err;
+  throw new CliError(`cannot open store ${describeStore(config.store)}: ${(err as Error)?.message ?? err}`, 1, { cause: err });
+}
+
+/** An engine for preview and serve; a shared store is probed first. */
+export async function openEngine(config: CliConfig, extra: { noCache?: boolean } = {}): Promise<Engine> {
+  let engine: Engine;
+  try {
+    engine = createEngine({ views: config.views, store: config.store, prefix: config.prefix, version: config.version, syntax: config.syntax, noCache: extra.noCache });
+  } catch (err) {
+    storeError(err, config);
+  }
+  if (!isMemory(config.store)) {
+    try {
+      await probe(engine.cache, config.store);
+    } catch (err) {
+      await closeQuietly(engine.cache.store);
+      throw err;
+    }
+  }
+  return engine;
+}
+
+/**
+ * The cache for the store commands (keys, inspect, invalidate, stats, clear). The memory store is refused:
+ * it lives inside one process, so another process has nothing to look at.
+ */
+export async function openCache(config: CliConfig): Promise<FragmentCache> {
+  if (isMemory(config.store)) {
+    throw new CliError(
+      `the configured store is "memory" (from ${config.source}): an in-process store lives and dies with the process that renders, so another process cannot inspect or invalidate it. ` +
+        'Point the CLI at a shared store with --store redis://host:6379 (or sqlite://…), FRAGCACHE_STORE, or "store" in fragcache.config.json.',
+    );
+  }
+  let store: Store;
+  try {
+    store = createStore(config.store);
+  } catch (err) {
+    storeError(err, config);
+  }
+  const cache = new FragmentCache(store, { prefix: config.prefix, version: config.version, guard: { timeout: 10_000 } });
+  try {
+    await probe(cache, config.store);
+  } catch (err) {
+    await closeQuietly(store);
+    throw err;
+  }
+  return cache;
+}
+
+/** Closes a store, never hanging the exit on a dead connection. */
+export async function closeQuietly(store: Store): Promise<void> {
+  await Promise.race([store.close().catch(() => undefined), new Promise((r) => setTimeout(r, 1000).unref())]);
+}

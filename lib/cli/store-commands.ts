@@ -1,0 +1,279 @@
+/**
+ * The store commands: `keys`, `inspect`, `invalidate`, `stats`, `clear`, against the configured shared
+ * store (never the in-process memory store: another process cannot see it).
+ * @module
+ */
+import type { Command } from 'commander';
+import type { FragmentCache } from '../cache';
+import type { Entry } from '../entry';
+import { OptionError } from '../errors';
+import { encodeValue, namePart, varyPart } from '../keys';
+import { describeStore, loadConfig, type CliConfig, type ConfigFlags } from './config';
+import * as fmt from './format';
+import { CliError, colorsFor, progress, type Colors } from './io';
+import { describeTag, globToRegExp, keyInfo, type KeyInfo } from './keyinfo';
+import { closeQuietly, openCache } from './open';
+
+const BATCH = 500;
+
+/** Opens the cache, runs `fn`, and always closes the store. */
+async function withCache(options: ConfigFlags, fn: (cache: FragmentCache, config: CliConfig) => Promise<void>): Promise<void> {
+  const config = loadConfig(options);
+  const cache = await openCache(config);
+  try {
+    await fn(cache, config);
+  } finally {
+    await closeQuietly(cache.store);
+  }
+}
+
+/** Every key under `prefix`, with a progress line on a TTY. */
+async function scan(cache: FragmentCache, prefix: string, filter: (k: string) => boolean = () => true): Promise<string[]> {
+  const store = cache.store;
+  if (!store.keys) throw new CliError(`the ${store.kind} store cannot list its keys, so keys, inspect, stats and clear cannot work on it`);
+  const bar = progress();
+  const out: string[] = [];
+  let seen = 0;
+  try {
+    for await (const k of store.keys(prefix)) {
+      seen++;
+      if (filter(k)) out.push(k);
+      bar.update(`scanning ${describeStore(store.kind)}… ${seen} keys, ${out.length} matching`);
+    }
+  } finally {
+    bar.done();
+  }
+  return out.sort();
+}
+
+/** Reads entries in batches (one round trip each), with progress on a TTY. */
+async function read(cache: FragmentCache, keys: readonly string[]): Promise<(Entry | undefined)[]> {
+  const bar = progress();
+  const out: (Entry | undefined)[] = [];
+  try {
+    for (let i = 0; i < keys.length; i += BATCH) {
+      const batch = keys.slice(i, i + BATCH);
+      out.push(...(await cache.guard.run('getMany', () => cache.store.getMany(batch))));
+      bar.update(`reading entries… ${Math.min(i + BATCH, keys.length)}/${keys.length}`);
+    }
+  } finally {
+    bar.done();
+  }
+  return out;
+}
+
+const ttlLeft = (e: Entry | undefined, now: number): number | null | undefined => (!e ? undefined : e.expires === null ? null : Math.max(0, (e.expires - now) / 1000));
+
+/** Vary values from the command line: strings, or JSON with `--json`. */
+function parseVary(values: readonly string[], json: boolean | undefined): unknown[] {
+  if (!json) return [...values];
+  return values.map((v) => {
+    try {
+      return JSON.parse(v) as unknown;
+    } catch {
+      throw new OptionError('vary', v, 'expected JSON with --json (strings need quotes: \'"text"\')');
+    }
+  });
+}
+
+/** `fragcache keys [pattern]`. */
+export async function keys(pattern: string | undefined, options: ConfigFlags & { json?: boolean }): Promise<void> {
+  await withCache(options, async (cache, config) => {
+    const re = pattern ? globToRegExp(pattern) : undefined;
+    const match = (k: string) => {
+      if (!re) return true;
+      const info = keyInfo(k, cache.prefix, cache.version);
+      return re.test(k) || (info.kind === 'fragment' && re.test(info.name!));
+    };
+    const found = await scan(cache, `${cache.prefix}:`, match);
+    const entries = await read(cache, found);
+    const now = Date.now();
+    const rows = found.map((key, i) => {
+      const e = entries[i];
+      const info = keyInfo(key, cache.prefix, cache.version);
+      return { key, kind: info.kind, name: info.name, vary: info.vary, size: e?.body.length, ttlLeft: ttlLeft(e, now), age: e ? (now - e.created) / 1000 : undefined };
+    });
+    if (options.json) {
+      process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+      return;
+    }
+    const c = colorsFor(process.stdout);
+    if (!rows.length) {
+      process.stderr.write(`no keys under "${cache.prefix}:"${pattern ? ` matching ${pattern}` : ''} in ${describeStore(config.store)}\n`);
+      return;
+    }
+    process.stdout.write(
+      `${fmt.table(
+        [{ header: 'key' }, { header: 'kind', color: (s) => c.cyan(s) }, { header: 'size', align: 'right' }, { header: 'ttl left', align: 'right' }, { header: 'age', align: 'right' }],
+        rows.map((r) => [r.key, r.kind, r.size === undefined ? '(gone)' : fmt.size(r.size), fmt.seconds(r.ttlLeft), r.age === undefined ? '-' : fmt.seconds(r.age)]),
+        c,
+      )}\n${c.dim(`${rows.length} key${rows.length === 1 ? '' : 's'}`)}\n`,
+    );
+  });
+}
+
+/** Why an entry is not valid now, or undefined when it is (unexpired, every tag at its stamped version). */
+function invalidity(e: Entry, versions: Map<string, string | undefined>, prefix: string, now: number): string | undefined {
+  if (e.expires !== null && e.expires <= now) return `expired ${fmt.seconds((now - e.expires) / 1000)} ago`;
+  for (const [k, v] of Object.entries(e.tags ?? {})) {
+    const current = versions.get(k);
+    if (current !== v) return `invalidated (${describeTag(k.slice(prefix.length + 5))} ${current === undefined ? 'has no version' : 'changed'})`;
+  }
+  return undefined;
+}
+
+/** `fragcache inspect <name> [vary…]`. */
+export async function inspect(name: string, vary: string[], options: ConfigFlags & { json?: boolean }): Promise<void> {
+  const values = parseVary(vary, options.json);
+  await withCache(options, async (cache) => {
+    const under = `${cache.base}f:${namePart(name)}/`;
+    // All the vary values (exact, hashed or not), or the first few of them (verbatim keys: the encoding is a concatenation).
+    const exact = values.length ? varyPart(values) : undefined;
+    const start = values.length ? `=${values.map((v) => encodeValue(v)).join('')}` : undefined;
+    const found = await scan(cache, under, (k) => {
+      if (!exact) return true;
+      const part = keyInfo(k, cache.prefix, cache.version).varyPart ?? '';
+      return part === exact || part.startsWith(start!);
+    });
+    const entries = await read(cache, found);
+    // Tag versions are read, never created: inspecting must not change what it looks at.
+    const tagKeys = [...new Set(entries.flatMap((e) => Object.keys(e?.tags ?? {})))];
+    const tagEntries = await read(cache, tagKeys);
+    const versions = new Map(tagKeys.map((k, i) => [k, tagEntries[i]?.body]));
+    const now = Date.now();
+    const own = new Set([`n/${namePart(name)}`]);
+    const items = found
+      .map((key, i) => ({ key, info: keyInfo(key, cache.prefix, cache.version), e: entries[i] }))
+      .filter((x): x is { key: string; info: KeyInfo; e: Entry } => x.e !== undefined)
+      .map(({ key, info, e }) => {
+        const ids = Object.keys(e.tags ?? {}).map((k) => k.slice(cache.prefix.length + 5));
+        const why = invalidity(e, versions, cache.prefix, now);
+        return {
+          key,
+          name,
+          digest: info.digest,
+          vary: info.vary ?? null,
+          varyHashed: info.vary === undefined,
+          valid: !why,
+          reason: why,
+          created: new Date(e.created).toISOString(),
+          age: (now - e.created) / 1000,
+          ttlLeft: ttlLeft(e, now),
+          size: e.body.length,
+          bytes: Buffer.byteLength(e.body),
+          cost: e.cost,
+          tags: ids.filter((id) => id.startsWith('t/')).map((id) => describeTag(id).replace(/^tag:/, '')),
+          contains: [...new Set(ids.filter((id) => id.startsWith('n/') && !own.has(id)).map((id) => id.slice(2)))],
+        };
+      });
+    if (!items.length) {
+      throw new CliError(`no stored entries for fragment "${name}"${values.length ? ` with vary ${fmt.vary(values, 200)}` : ''} (looked under ${under})${!options.json && vary.some((v) => /^(-?\d|true$|false$|null$)/.test(v)) ? '; vary values are strings unless you add --json (then 7 is the number 7)' : ''}`);
+    }
+    if (options.json) {
+      process.stdout.write(`${JSON.stringify(items, null, 2)}\n`);
+      return;
+    }
+    const c: Colors = colorsFor(process.stdout);
+    const blocks = items.map((it) => {
+      const field = (label: string, value: string) => `  ${c.dim(label.padEnd(10))}  ${value}`;
+      return [
+        c.bold(it.key),
+        field('vary', it.varyHashed ? c.dim('(hashed: long or non-ASCII values)') : it.vary!.length ? fmt.vary(it.vary!, 200) : c.dim('(none)')),
+        field('valid', it.valid ? c.green('yes') : c.red(`no: ${it.reason}`)),
+        field('created', `${it.created} (${fmt.seconds(it.age)} ago)`),
+        field('ttl left', fmt.seconds(it.ttlLeft)),
+        field('size', `${fmt.size(it.bytes)} (${it.size} characters)`),
+        field('cost', it.cost === undefined ? '-' : `${it.cost} ms to render`),
+        field('tags', it.tags.length ? it.tags.join(', ') : c.dim('(none)')),
+        field('contains', it.contains.length ? it.contains.join(', ') : c.dim('(no nested fragments)')),
+      ].join('\n');
+    });
+    process.stdout.write(`${blocks.join('\n\n')}\n`);
+  });
+}
+
+/** `fragcache invalidate <name> [vary…]` or `fragcache invalidate --tag <tag…>`. */
+export async function invalidate(name: string | undefined, vary: string[], options: ConfigFlags & { tag?: string[]; json?: boolean }, cmd?: Command): Promise<void> {
+  const usage = (msg: string): never => {
+    if (cmd) cmd.error(`error: ${msg}`, { exitCode: 2, code: 'fragcache.usage' });
+    throw new CliError(msg, 2);
+  };
+  if (options.tag && name !== undefined) usage('give a fragment name or --tag, not both');
+  if (!options.tag && name === undefined) usage('missing fragment name (or --tag <tag…>)');
+  const values = parseVary(vary, options.json);
+  await withCache(options, async (cache) => {
+    if (options.tag) {
+      await cache.invalidateTag(...options.tag);
+      process.stdout.write(`invalidated everything tagged ${options.tag.map((t) => JSON.stringify(t)).join(', ')}\n`);
+    } else if (values.length) {
+      await cache.invalidate(name!, values);
+      process.stdout.write(`invalidated fragment "${name}" with vary ${fmt.vary(values, 200)} (and every fragment containing it)\n`);
+    } else {
+      await cache.invalidate(name!);
+      process.stdout.write(`invalidated fragment "${name}", every variant (and every fragment containing one)\n`);
+    }
+  });
+}
+
+/** `fragcache stats`: what the store holds under the prefix. */
+export async function stats(options: ConfigFlags & { json?: boolean }): Promise<void> {
+  await withCache(options, async (cache, config) => {
+    const found = await scan(cache, `${cache.prefix}:`);
+    const entries = await read(cache, found);
+    const now = Date.now();
+    type Agg = { entries: number; bytes: number; expired: number };
+    const kinds: Record<string, Agg> = {};
+    const fragments: Record<string, Agg> = {};
+    const add = (map: Record<string, Agg>, k: string, e: Entry) => {
+      const a = (map[k] ??= { entries: 0, bytes: 0, expired: 0 });
+      a.entries++;
+      a.bytes += Buffer.byteLength(e.body);
+      if (e.expires !== null && e.expires <= now) a.expired++;
+    };
+    found.forEach((key, i) => {
+      const e = entries[i];
+      if (!e) return; // expired between the scan and the read
+      const info = keyInfo(key, cache.prefix, cache.version);
+      add(kinds, info.kind, e);
+      if (info.kind === 'fragment') add(fragments, info.name!, e);
+    });
+    const result = { store: describeStore(config.store), prefix: cache.prefix, version: cache.version, keys: found.length, kinds, fragments };
+    if (options.json) {
+      process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+      return;
+    }
+    const c = colorsFor(process.stdout);
+    const row = (label: string, a: Agg) => [label, String(a.entries), fmt.size(a.bytes), a.expired ? String(a.expired) : ''];
+    const cols = [{ header: '' }, { header: 'entries', align: 'right' as const }, { header: 'bytes', align: 'right' as const }, { header: 'expired', align: 'right' as const }];
+    let out = `${c.bold(result.store)}  prefix ${result.prefix}:  version ${result.version}  ${found.length} keys\n\n`;
+    out += `${fmt.table(cols, Object.entries(kinds).map(([k, a]) => row(k, a)), c)}\n`;
+    if (Object.keys(fragments).length) {
+      out += `\n${fmt.table([{ header: 'fragment' }, ...cols.slice(1)], Object.entries(fragments).sort(([a], [b]) => a.localeCompare(b)).map(([k, a]) => row(k, a)), c)}\n`;
+    }
+    process.stdout.write(out);
+  });
+}
+
+/** `fragcache clear`: deletes every key under the prefix, in batches, with progress on a TTY. */
+export async function clear(options: ConfigFlags): Promise<void> {
+  await withCache(options, async (cache, config) => {
+    let deleted: number | undefined;
+    if (cache.store.keys) {
+      const found = await scan(cache, `${cache.prefix}:`);
+      const bar = progress();
+      try {
+        for (let i = 0; i < found.length; i += BATCH) {
+          const batch = found.slice(i, i + BATCH);
+          await cache.guard.run('deleteMany', () => cache.store.deleteMany(batch));
+          bar.update(`deleting… ${Math.min(i + BATCH, found.length)}/${found.length}`);
+        }
+      } finally {
+        bar.done();
+      }
+      deleted = found.length;
+    } else {
+      await cache.clear();
+    }
+    process.stdout.write(`cleared ${deleted === undefined ? 'every key' : `${deleted} key${deleted === 1 ? '' : 's'}`} under "${cache.prefix}:" in ${describeStore(config.store)}\n`);
+  });
+}
