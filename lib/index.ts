@@ -11,6 +11,10 @@ export type { Entry } from './entry';
 export { MemoryStore, type MemoryStoreOptions } from './stores/memory';
 export { KeyvStore, type KeyvStoreOptions } from './stores/keyv';
 export { createStore, registerScheme, type StoreSpec } from './stores';
+// Types only: the Redis, Memcached and SQLite drivers load when a store URL first needs them.
+export type { RedisStore, RedisStoreOptions } from './stores/redis';
+export type { MemcacheStore, MemcacheStoreOptions } from './stores/memcache';
+export type { SqliteStore, SqliteStoreOptions } from './stores/sqlite';
 export { fragmentKey, encodeValue } from './keys';
 export type { Ttl } from './duration';
 export type { GuardOptions } from './guard';

@@ -23,6 +23,14 @@ export function registerScheme(scheme: string, factory: (url: string, options: R
   schemes.set(scheme, factory);
 }
 
+// Built-in backends, loaded on first use so that an app on the memory store never loads their drivers.
+/* eslint-disable @typescript-eslint/no-require-imports */
+registerScheme('redis', (url, o) => (require('./redis') as typeof import('./redis')).redisFromUrl(url, o));
+registerScheme('rediss', (url, o) => (require('./redis') as typeof import('./redis')).redisFromUrl(url, o));
+registerScheme('memcache', (url, o) => (require('./memcache') as typeof import('./memcache')).memcacheFromUrl(url, o));
+registerScheme('sqlite', (url, o) => (require('./sqlite') as typeof import('./sqlite')).sqliteFromUrl(url, o));
+/* eslint-enable @typescript-eslint/no-require-imports */
+
 function isStore(x: unknown): x is Store {
   return typeof x === 'object' && x !== null && typeof (x as Store).getMany === 'function' && typeof (x as Store).kind === 'string';
 }

@@ -1,0 +1,343 @@
+/**
+ * Redis (standalone, Cluster or Sentinel) as a fragcache store, built on `@keyv/redis`'s `createKeyv`.
+ *
+ * The node-redis client is configured at creation so that nothing ever hangs: no offline queue (a command
+ * sent while disconnected fails at once instead of waiting for a reconnect), a bounded connect timeout, and a
+ * reconnect strategy that backs off to at most `maxBackoffMs` and never gives up (so the engine recovers on
+ * its own when Redis returns). Client `error` events are always handled (unhandled, they crash the process).
+ *
+ * Keyv's own get/set are bypassed (its serializer would wrap entries in JSON, and `Keyv.set` reports success
+ * for failed writes): commands go to the client directly. Keys are written verbatim (`prefix:version:…`).
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import { createKeyv } from '@keyv/redis';
+import type Keyv from 'keyv';
+import { LRUCache } from 'lru-cache';
+import { decodeEntry, encodeEntry, type Entry } from '../entry';
+import { OptionError } from '../errors';
+import type { Store, StoreWrite } from '../store';
+
+/** Options of {@link RedisStore} (also accepted as query parameters of the URL, e.g. `?connectTimeout=500`). */
+export interface RedisStoreOptions {
+  /** Longest wait for a TCP connection, ms (default 1000). */
+  connectTimeout?: number;
+  /** Cap of the reconnect backoff, ms (default 1000): the store is back at most this long after Redis is. */
+  maxBackoffMs?: number;
+  /** Extra node-redis client options (merged over fragcache's; `socket` is merged too). */
+  client?: Record<string, unknown>;
+  /** Called with connection errors (the cache reports failed calls anyway). */
+  onError?: (err: Error) => void;
+  /** Keyv namespace given to `createKeyv` (default `fragcache`); also names the L1 invalidation channel. */
+  namespace?: string;
+  /**
+   * An in-process copy (L1) of what this process read, so that a page whose fragments all hit costs no round
+   * trip. Every write and delete is published on a Redis channel and every process drops those keys from its
+   * L1 when the message arrives. How stale it can be: another process's invalidation is seen here when its
+   * message arrives (usually well under a millisecond after the invalidating call resolves, but not at the
+   * moment it resolves); while the subscription is down the L1 is emptied and bypassed; and no entry is
+   * served from the L1 longer than `ttlMs` after it was read (the bound if a message were lost).
+   */
+  l1?: boolean | { maxEntries?: number; ttlMs?: number };
+}
+
+/** What node-redis clients (standalone, cluster, sentinel) offer that this store uses. */
+interface RedisLike {
+  isOpen?: boolean;
+  isReady?: boolean;
+  on(event: string, fn: (...a: unknown[]) => void): unknown;
+  connect(): Promise<unknown>;
+  mGet(keys: string[]): Promise<(string | null)[]>;
+  get(key: string): Promise<string | null>;
+  set(key: string, value: string, options?: Record<string, unknown>): Promise<string | null>;
+  unlink(keys: string | string[]): Promise<number>;
+  eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+  publish(channel: string, message: string): Promise<number>;
+  scanIterator?(options: { MATCH: string; COUNT: number }): AsyncIterable<string[] | string>;
+  masters?: unknown[];
+  destroy?(): void;
+  close?(): Promise<void>;
+  quit?(): Promise<unknown>;
+}
+
+/** Releases a lock only when the caller's token still owns it (never someone else's after expiry). */
+const UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/** Escapes glob characters of SCAN MATCH, so a prefix matches only itself. */
+function globEscape(s: string): string {
+  return s.replace(/[*?[\]\\]/g, '\\$&');
+}
+
+function positive(option: string, v: unknown, fallback: number): number {
+  if (v === undefined || v === null || v === '') return fallback;
+  const n = typeof v === 'string' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0) throw new OptionError(option, v, 'expected a positive number of milliseconds');
+  return n;
+}
+
+/**
+ * A Redis store. Give it a URL (`redis://[user:pass@]host:port[/db]`, `rediss://…` for TLS), node-redis client
+ * options (`{ url, socket }`), cluster options (`{ rootNodes: [...] }`) or sentinel options
+ * (`{ sentinelRootNodes: [...], name }`), as `@keyv/redis` accepts.
+ */
+export class RedisStore implements Store {
+  readonly kind = 'redis';
+  readonly shared = true;
+  /** The Keyv made by `createKeyv` (for users who want Keyv's API over the same connection). */
+  readonly keyv: Keyv;
+  /** The node-redis client (standalone, cluster or sentinel). */
+  readonly client: RedisLike;
+  private readonly cluster: boolean;
+  private closed = false;
+  /** Last connection error, for messages. */
+  lastError: Error | undefined;
+  private readonly l1: LRUCache<string, Entry> | undefined;
+  /** True while the invalidation subscription is up (only then is the L1 used). */
+  private l1Live = false;
+  /** Grows with every invalidation message: a read that overlapped one does not fill the L1. */
+  private l1Seq = 0;
+  private subscriber: RedisLike | undefined;
+  private readonly channel: string;
+
+  constructor(connect: string | Record<string, unknown>, options: RedisStoreOptions = {}) {
+    const connectTimeout = positive('connectTimeout', options.connectTimeout, 1000);
+    const maxBackoff = positive('maxBackoffMs', options.maxBackoffMs, 1000);
+    // Never give up: capped exponential backoff with jitter, so a fleet does not reconnect in lockstep.
+    const reconnectStrategy = (retries: number) => Math.min(50 * 2 ** Math.min(retries, 10), maxBackoff) + Math.floor(Math.random() * 50);
+    const base = { disableOfflineQueue: true, socket: { connectTimeout, reconnectStrategy } };
+    let spec: Record<string, unknown>;
+    if (typeof connect === 'string') {
+      const extra = options.client ?? {};
+      spec = { ...base, ...extra, url: connect, socket: { ...base.socket, ...((extra.socket as object) ?? {}) } };
+    } else if (connect.rootNodes !== undefined) {
+      // Cluster: the options apply to every node.
+      const defaults = (connect.defaults as Record<string, unknown>) ?? {};
+      spec = { ...connect, defaults: { ...base, ...defaults, socket: { ...base.socket, ...((defaults.socket as object) ?? {}) } } };
+    } else if (connect.sentinelRootNodes !== undefined) {
+      const node = (connect.nodeClientOptions as Record<string, unknown>) ?? {};
+      spec = { ...connect, nodeClientOptions: { ...base, ...node, socket: { ...base.socket, ...((node.socket as object) ?? {}) } } };
+    } else {
+      spec = { ...base, ...connect, socket: { ...base.socket, ...((connect.socket as object) ?? {}) } };
+    }
+    this.cluster = connect !== null && typeof connect === 'object' && connect.rootNodes !== undefined;
+    this.keyv = createKeyv(spec as never, { namespace: options.namespace ?? 'fragcache', throwOnConnectError: false });
+    // Keyv and the adapter re-emit errors: handle them too, so none is ever unhandled.
+    this.keyv.on('error', () => undefined);
+    (this.keyv.store as { on?: (e: string, f: () => void) => void }).on?.('error', () => undefined);
+    this.client = (this.keyv.store as { client: RedisLike }).client;
+    this.client.on('error', (err) => {
+      this.lastError = err as Error;
+      options.onError?.(err as Error);
+    });
+    // Connect now; with reconnectStrategy it keeps trying in the background. Commands meanwhile fail fast,
+    // except during the very first attempt: they wait for it (under the cache's time budget), so the first
+    // render after start-up is not needlessly uncached.
+    let settle!: () => void;
+    this.firstAttempt = new Promise<void>((r) => (settle = r));
+    this.client.on('ready', settle);
+    this.client.on('error', settle);
+    void this.firstAttempt.then(() => (this.firstAttempt = undefined));
+    this.client.connect().catch((err: Error) => ((this.lastError = err), settle()));
+    this.channel = `${options.namespace ?? 'fragcache'}:l1`;
+    if (options.l1) {
+      const o = options.l1 === true ? {} : options.l1;
+      const max = o.maxEntries ?? 10_000;
+      if (!Number.isSafeInteger(max) || max <= 0) throw new OptionError('l1.maxEntries', max, 'expected a whole number > 0');
+      this.l1 = new LRUCache<string, Entry>({ max, ttl: positive('l1.ttlMs', o.ttlMs, 5000) });
+      this.subscribe(options.onError);
+    }
+  }
+
+  /** A second connection subscribed to the invalidation channel; the L1 is live only while it is. */
+  private subscribe(onError?: (err: Error) => void): void {
+    const sub = (this.client as unknown as { duplicate(): RedisLike & { subscribe(ch: string, fn: (m: string) => void): Promise<void> } }).duplicate();
+    this.subscriber = sub;
+    const down = () => {
+      this.l1Live = false;
+      this.l1!.clear();
+    };
+    sub.on('error', (err) => (down(), onError?.(err as Error)));
+    sub.on('end', down);
+    sub.on('reconnecting', down);
+    // node-redis resubscribes after a reconnect; messages sent meanwhile were lost, so start from empty.
+    sub.on('ready', () => {
+      this.l1!.clear();
+      this.l1Seq++;
+      this.l1Live = true;
+    });
+    const onMessage = (msg: string) => {
+      this.l1Seq++;
+      let keys: unknown;
+      try {
+        keys = JSON.parse(msg);
+      } catch {
+        return this.l1!.clear();
+      }
+      if (!Array.isArray(keys)) return this.l1!.clear();
+      for (const k of keys) {
+        if (typeof k !== 'string') continue;
+        if (k.endsWith('*')) {
+          const prefix = k.slice(0, -1);
+          for (const key of [...this.l1!.keys()]) if (key.startsWith(prefix)) this.l1!.delete(key);
+        } else this.l1!.delete(k);
+      }
+    };
+    sub
+      .connect()
+      .then(() => sub.subscribe(this.channel, onMessage))
+      .catch((err: Error) => onError?.(err));
+  }
+
+  /** Tells every process's L1 (this one's too) that these keys changed. */
+  private async publish(keys: readonly string[]): Promise<void> {
+    if (!this.l1) return;
+    this.l1Seq++;
+    for (const k of keys) {
+      if (k.endsWith('*')) this.l1.clear();
+      else this.l1.delete(k);
+    }
+    await this.client.publish(this.channel, JSON.stringify(keys));
+  }
+
+  private firstAttempt: Promise<void> | undefined;
+
+  /** Resolves once the first connection attempt is over (at once after that). */
+  private async connected(): Promise<void> {
+    if (this.firstAttempt) await this.firstAttempt;
+  }
+
+  async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
+    if (!keys.length) return [];
+    const l1 = this.l1Live ? this.l1 : undefined;
+    let out: (Entry | undefined)[] | undefined;
+    let rest: string[] = keys as string[];
+    if (l1) {
+      out = keys.map((k) => l1.get(k));
+      rest = keys.filter((_, i) => out![i] === undefined);
+      if (!rest.length) return out; // every key served from the L1: no round trip
+    }
+    await this.connected();
+    const seq = this.l1Seq;
+    const raw = this.cluster ? await Promise.all(rest.map((k) => this.client.get(k))) : await this.client.mGet(rest);
+    const got = raw.map((r) => (r === null || r === undefined ? undefined : decodeEntry(r)));
+    if (!l1 || !out) return got;
+    // Fill the L1 only when no invalidation arrived while the read was in flight (it may predate it).
+    const fill = seq === this.l1Seq && this.l1Live;
+    let j = 0;
+    for (let i = 0; i < out.length; i++) {
+      if (out[i] !== undefined) continue;
+      const e = got[j++];
+      out[i] = e;
+      if (e && fill) l1.set(keys[i], e);
+    }
+    return out;
+  }
+
+  async setMany(writes: readonly StoreWrite[]): Promise<void> {
+    // Commands sent in one tick go out as one pipeline (one round trip), and work across cluster slots.
+    await this.connected();
+    await Promise.all(writes.map((w) => this.client.set(w.key, encodeEntry(w.entry), w.ttlMs ? { PX: Math.max(1, Math.ceil(w.ttlMs)) } : undefined)));
+    await this.publish(writes.map((w) => w.key));
+  }
+
+  async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
+    await this.connected();
+    const r = await this.client.set(key, encodeEntry(entry), ttlMs ? { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) } : { NX: true });
+    if (r === 'OK') await this.publish([key]);
+    return r === 'OK';
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    if (!keys.length) return;
+    await this.connected();
+    if (this.cluster) await Promise.all(keys.map((k) => this.client.unlink(k)));
+    else await this.client.unlink([...keys]);
+    await this.publish(keys);
+  }
+
+  /** SCAN for `prefix*` and UNLINK in batches: only keys that start with the prefix are touched. */
+  async clear(prefix: string): Promise<number> {
+    let n = 0;
+    let batch: string[] = [];
+    for await (const k of this.keys(prefix)) {
+      batch.push(k);
+      if (batch.length >= 500) {
+        await this.deleteMany(batch);
+        n += batch.length;
+        batch = [];
+      }
+    }
+    await this.deleteMany(batch);
+    await this.publish([`${prefix}*`]);
+    return n + batch.length;
+  }
+
+  async *keys(prefix: string): AsyncIterable<string> {
+    await this.connected();
+    const nodes: RedisLike[] = this.cluster
+      ? ((this.client.masters ?? []) as { client?: RedisLike }[]).map((m) => m.client).filter((c): c is RedisLike => !!c)
+      : [this.client];
+    for (const node of nodes) {
+      if (!node.scanIterator) throw new Error('this Redis client cannot SCAN');
+      for await (const chunk of node.scanIterator({ MATCH: `${globEscape(prefix)}*`, COUNT: 1000 })) {
+        for (const k of Array.isArray(chunk) ? chunk : [chunk]) if (k.startsWith(prefix)) yield k;
+      }
+    }
+  }
+
+  /** `SET key token NX PX ttl`: the lock expires by itself, so a crashed owner blocks nobody for long. */
+  async lock(key: string, ttlMs: number): Promise<string | undefined> {
+    await this.connected();
+    const token = randomBytes(12).toString('base64url');
+    const r = await this.client.set(key, token, { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) });
+    return r === 'OK' ? token : undefined;
+  }
+
+  /** Deletes the lock only if `token` still owns it (compare-and-delete in one Lua script). */
+  async unlock(key: string, token: string): Promise<void> {
+    await this.client.eval(UNLOCK, { keys: [key], arguments: [token] });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.l1Live = false;
+    this.subscriber?.destroy?.();
+    try {
+      if (this.client.isReady && this.client.close) await this.client.close();
+      else if (this.client.isReady && this.client.quit) await this.client.quit();
+      else this.client.destroy?.();
+    } catch {
+      this.client.destroy?.();
+    }
+  }
+}
+
+/**
+ * `redis://…` / `rediss://…` factory for {@link createStore}. Query parameters: `connectTimeout`, `maxBackoffMs`,
+ * `l1`. Options: {@link RedisStoreOptions}, plus `connect` (cluster or sentinel options, which replace the URL).
+ */
+export function redisFromUrl(url: string, options: Record<string, unknown> = {}): RedisStore {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new OptionError('store', url, 'expected a Redis URL like redis://host:6379');
+  }
+  const q = parsed.searchParams;
+  const opts: RedisStoreOptions = {
+    ...(options as RedisStoreOptions),
+    connectTimeout: (options.connectTimeout as number | undefined) ?? (q.has('connectTimeout') ? (q.get('connectTimeout') as unknown as number) : undefined),
+    maxBackoffMs: (options.maxBackoffMs as number | undefined) ?? (q.has('maxBackoffMs') ? (q.get('maxBackoffMs') as unknown as number) : undefined),
+    l1: (options.l1 as RedisStoreOptions['l1']) ?? (q.has('l1') ? !['0', 'false', 'no'].includes(q.get('l1')!) : undefined),
+  };
+  q.delete('l1');
+  q.delete('connectTimeout');
+  q.delete('maxBackoffMs');
+  // Cluster or Sentinel: `createStore('redis://', { connect: { rootNodes: [...] } })`, as @keyv/redis accepts.
+  if (options.connect !== undefined) {
+    if (typeof options.connect !== 'object' || options.connect === null) throw new OptionError('connect', options.connect, 'expected node-redis client, cluster or sentinel options');
+    return new RedisStore(options.connect as Record<string, unknown>, opts);
+  }
+  return new RedisStore(parsed.toString(), opts);
+}
