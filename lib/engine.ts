@@ -55,6 +55,12 @@ export interface EngineOptions {
    */
   lockTimeout?: number;
   lockWait?: number;
+  /**
+   * Probabilistic early refresh (XFetch, as Symfony Cache) on shared stores, as β (default 0: off; 1 is the usual
+   * value, more refreshes earlier). A hit whose remaining TTL is small compared with its render cost is, with a
+   * probability that grows as expiry nears, refreshed by one renderer (the lock winner) while others keep hitting.
+   */
+  earlyRefresh?: number;
   breaker?: Omit<GuardOptions, 'timeout'>;
   /**
    * Most passes one render may take (default 32); each level of nested fragments that misses on a remote store
@@ -95,7 +101,7 @@ export class Engine extends EventEmitter<CacheEvents> {
   readonly views: string[];
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
-  private readonly lock: { lockMs: number; lockWaitMs: number };
+  private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
 
@@ -114,7 +120,10 @@ export class Engine extends EventEmitter<CacheEvents> {
       }
     }
     this.waitTimeout = options.waitTimeout ?? 5000;
-    this.lock = { lockMs: options.lockTimeout ?? 5000, lockWaitMs: options.lockWait ?? 3000 };
+    if (options.earlyRefresh !== undefined && (typeof options.earlyRefresh !== 'number' || !Number.isFinite(options.earlyRefresh) || options.earlyRefresh < 0)) {
+      throw new OptionError('earlyRefresh', options.earlyRefresh, 'expected a number >= 0 (XFetch beta)');
+    }
+    this.lock = { lockMs: options.lockTimeout ?? 5000, lockWaitMs: options.lockWait ?? 3000, earlyRefresh: options.earlyRefresh ?? 0 };
     const guard = { ...options.breaker, timeout: options.timeout };
     const caches = new Map<string, FragmentCache>();
     const byStore = new Map<unknown, FragmentCache>();

@@ -166,12 +166,15 @@ export class RenderSession {
   private readonly locks = new Map<string, { cache: FragmentCache; token: string }>();
   /** Expired entries still within `stale=`, by key: served when another process is refreshing them. */
   private readonly staleFound = new Map<string, Entry>();
+  /** XFetch β (0: off): how eagerly a hit close to expiry is refreshed early by one renderer. */
+  private readonly beta: number;
 
   constructor(
     private readonly resolveCache: CacheResolver,
-    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number } = {},
+    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number; earlyRefresh?: number } = {},
   ) {
     this.waitMs = options.waitMs ?? 5000;
+    this.beta = options.earlyRefresh ?? 0;
     this.lockMs = options.lockMs ?? 5000;
     this.lockWaitMs = options.lockWaitMs ?? 3000;
     this.tracing = options.trace ?? false;
@@ -510,7 +513,14 @@ export class RenderSession {
     const now = Date.now();
     specs.forEach((spec, i) => {
       const entry = found[i];
-      if (entry && this.valid(entry, cache)) this.record(spec, { kind: 'hit', entry });
+      if (entry && this.valid(entry, cache)) {
+        // XFetch (probabilistic early refresh): the closer to expiry and the costlier the body, the likelier one
+        // render refreshes it now; it is then handled as a miss whose valid copy is served if another holds the lock.
+        if (this.beta && entry.expires !== null && entry.cost && now - entry.cost * this.beta * Math.log(Math.random()) >= entry.expires) {
+          this.staleFound.set(spec.key, entry);
+          misses.push(spec);
+        } else this.record(spec, { kind: 'hit', entry });
+      }
       else {
         // Expired but within its stale= window, and no tag changed: may be served while someone refreshes it.
         if (entry?.staleUntil && entry.staleUntil > now && FragmentCache.tagsMatch(entry, this.versions)) this.staleFound.set(spec.key, entry);
@@ -589,14 +599,28 @@ export class RenderSession {
       ),
     );
     let waiting: Spec[] = [];
+    const won: Spec[] = [];
     specs.forEach((spec, i) => {
       const token = tokens[i];
-      if (token) this.locks.set(spec.key, { cache: spec.cache, token });
-      if (token !== undefined) return this.record(spec, { kind: 'miss', store: true });
-      const stale = this.staleFound.get(spec.key);
-      if (stale) this.serveStale(spec, stale);
+      if (token) {
+        this.locks.set(spec.key, { cache: spec.cache, token });
+        won.push(spec);
+      } else if (token === null) this.record(spec, { kind: 'miss', store: true });
+      else if (this.staleFound.has(spec.key)) this.serveStale(spec, this.staleFound.get(spec.key)!);
       else waiting.push(spec);
     });
+    // Double-check after winning: the previous owner may have stored it and let go since this render read.
+    if (won.length) {
+      const got = await won[0].cache.readMany(won.map((s) => s.key));
+      won.forEach((spec, i) => {
+        const e = got[i];
+        // (An early-refresh candidate reads its own old copy again: that one does not count.)
+        if (spec.cache === won[0].cache && e && e.created !== this.staleFound.get(spec.key)?.created && this.valid(e, spec.cache)) {
+          this.record(spec, { kind: 'hit', entry: e });
+          this.release(spec.key, e);
+        } else this.record(spec, { kind: 'miss', store: true });
+      });
+    }
     const deadline = Date.now() + this.lockWaitMs;
     const every = Math.min(50, Math.max(10, this.lockWaitMs / 100));
     while (waiting.length && Date.now() < deadline) {
@@ -622,6 +646,12 @@ export class RenderSession {
 
   /** Serves an expired entry within its stale= window (another process is refreshing it). */
   private serveStale(spec: Spec, entry: Entry): void {
+    if (entry.expires === null || entry.expires > Date.now()) {
+      // Not expired (an early-refresh candidate that someone else is refreshing): a plain hit.
+      this.record(spec, { kind: 'hit', entry });
+      this.release(spec.key, entry);
+      return;
+    }
     this.resolved.set(spec.key, { kind: 'hit', entry, stale: true });
     const name = spec.block.name;
     spec.cache.count(name, 'stale');
