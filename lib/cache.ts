@@ -14,7 +14,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { parseTtl, type Ttl } from './duration';
-import { flatten, type Entry } from './entry';
+import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { FragcacheError, OptionError, StoreError } from './errors';
 import { StoreGuard, type GuardOptions } from './guard';
 import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
@@ -145,6 +145,16 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     return `${this.prefix}:tag:${tagId}`;
   }
 
+  /** Memo of name-tag keys: every entry of a fragment holds its name tag's key, so they share one string. */
+  private readonly nameTagKeys = new Map<string, string>();
+
+  /** Store key of the tag every variant of a fragment name carries (`np`: the name's key part). */
+  nameTagKey(np: string): string {
+    let k = this.nameTagKeys.get(np);
+    if (k === undefined) this.nameTagKeys.set(np, (k = this.tagKey(`n/${np}`)));
+    return k;
+  }
+
   /** Store key of a low-level value. */
   valueKey(key: string, version?: number | string): string {
     if (typeof key !== 'string' || key === '') throw new OptionError('key', key, 'expected a non-empty string');
@@ -204,7 +214,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   static tagsMatch(entry: Entry, versions: { get(k: string): string | undefined }): boolean {
     const tags = entry.tags;
     if (!tags) return true;
-    for (const k in tags) if (versions.get(k) !== tags[k]) return false;
+    for (let i = 0; i < tags.length; i += 2) if (versions.get(tags[i]) !== tags[i + 1]) return false;
     return true;
   }
 
@@ -271,7 +281,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   // ---------------------------------------------------------------- low-level API
 
   /** Builds the entry for a value: strings are kept as they are, anything else as JSON. */
-  private entryFor(value: unknown, ttlMs: number | null, tags: Record<string, string> | undefined): Entry {
+  private entryFor(value: unknown, ttlMs: number | null, tags: readonly string[] | undefined): Entry {
     const now = Date.now();
     const json = typeof value !== 'string';
     let body: string;
@@ -301,7 +311,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   private async stillValid(entry: Entry): Promise<boolean> {
     if (!entry.tags) return true;
     try {
-      return FragmentCache.tagsMatch(entry, await this.tagVersions(Object.keys(entry.tags)));
+      return FragmentCache.tagsMatch(entry, await this.tagVersions(tagKeysOf(entry)));
     } catch (err) {
       this.report(err);
       return false;
@@ -344,7 +354,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
         return false;
       }
     }
-    return this.put(k, this.entryFor(value, ttlMs, versions && Object.fromEntries(versions)), ttlMs, key);
+    return this.put(k, this.entryFor(value, ttlMs, versions && tagPairs(versions)), ttlMs, key);
   }
 
   private async put(k: string, entry: Entry, ttlMs: number | null, name: string): Promise<boolean> {
@@ -413,7 +423,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
         }
       }
       const value = await fn();
-      const entry = this.entryFor(value, ttlMs, versions && Object.fromEntries(versions));
+      const entry = this.entryFor(value, ttlMs, versions && tagPairs(versions));
       if (ttlMs !== 0 && (versions || !tagIds.length)) await this.put(k, entry, ttlMs, key);
       d.resolve(entry);
       // Everyone (this caller, waiters, later hits) gets the stored form: strings as they are, else a JSON copy.

@@ -14,7 +14,7 @@
 import nunjucks from 'nunjucks';
 import { FragmentCache } from './cache';
 import { parseTtl } from './duration';
-import { flatten, type Entry } from './entry';
+import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { AsyncTemplateError, FragmentArgumentError, KeyError, describe } from './errors';
 import { keyFromParts, namePart, userTag, variantTagFromParts, varyPart } from './keys';
 import type { StoreWrite } from './store';
@@ -80,7 +80,8 @@ type Resolution =
 
 interface Frame {
   cache: FragmentCache;
-  deps: Record<string, string>;
+  /** Tag key → version of everything rendered or served inside this fragment. */
+  deps: Map<string, string>;
   /** False when a fragment inside was unknown in this pass: the output is provisional, another pass follows. */
   complete: boolean;
   /** True when something inside cannot be tracked (rendered without tags, or from another store): do not store. */
@@ -88,6 +89,14 @@ interface Frame {
 }
 
 const SafeString = nunjucks.runtime.SafeString;
+
+/** One frozen `{ name }` per fragment name, shared by all its entries (names are template literals: few). */
+const metas = new Map<string, Readonly<Record<string, unknown>>>();
+function metaOf(name: string): Readonly<Record<string, unknown>> {
+  let m = metas.get(name);
+  if (!m) metas.set(name, (m = Object.freeze({ name })));
+  return m;
+}
 
 let current: RenderSession | undefined;
 
@@ -248,7 +257,7 @@ export class RenderSession {
   private ownTags(spec: Spec): string[] {
     if (!spec.ownTags) {
       const c = spec.cache;
-      spec.ownTags = [c.tagKey(`n/${spec.np}`), c.tagKey(variantTagFromParts(spec.np, spec.vp))];
+      spec.ownTags = [c.nameTagKey(spec.np), c.tagKey(variantTagFromParts(spec.np, spec.vp))];
       for (const t of spec.userTags) spec.ownTags.push(c.tagKey(userTag(t)));
     }
     return spec.ownTags;
@@ -279,7 +288,7 @@ export class RenderSession {
       if (traced) this.traceClose(traced, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
       return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
-    const frame: Frame = { cache: spec.cache, deps: {}, complete: true, noStore: !r.store };
+    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store };
     // Values computed earlier in this pass (a `set` capture, a macro's result) may hold the empty output of a
     // fragment that was still unknown: then this body's output is provisional too.
     const tainted = this.wanted.size > 0;
@@ -304,20 +313,23 @@ export class RenderSession {
       return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
     }
     if (frame.noStore && parent) parent.noStore = true;
-    const tags: Record<string, string> = {};
-    if (!frame.noStore) for (const k of this.ownTags(spec)) tags[k] = this.versions.get(k)!;
-    Object.assign(tags, frame.deps);
+    const own = new Map<string, string>();
+    if (!frame.noStore) for (const k of this.ownTags(spec)) own.set(k, this.versions.get(k)!);
+    for (const [k, v] of frame.deps) own.set(k, v);
+    const tags = tagPairs(own);
     this.inherit(spec.cache, tags);
     const now = Date.now();
     const entry: Entry = {
       body: flatten(this.annotating ? unannotate(out) : out),
       created: now,
       expires: spec.ttlMs === null ? null : now + spec.ttlMs,
-      staleUntil: spec.ttlMs === null || !spec.staleMs ? undefined : now + spec.ttlMs + spec.staleMs,
       cost: Math.round(cost),
       tags,
-      meta: { name: block.name },
+      meta: metaOf(block.name),
+      // Declared now (a memory-store hit sets it): adding a property later costs every entry an extra array.
+      checked: undefined,
     };
+    if (spec.ttlMs !== null && spec.staleMs) entry.staleUntil = now + spec.ttlMs + spec.staleMs;
     // Later passes (and repeats of the same fragment in this page) reuse this output.
     this.resolved.set(spec.key, { kind: 'hit', entry, fresh: true });
     // Output that cannot be tracked (no tag versions) is neither stored nor handed to waiters.
@@ -357,12 +369,12 @@ export class RenderSession {
   }
 
   /** Adds a served or rendered fragment's tags to the fragment that contains it. */
-  private inherit(cache: FragmentCache, tags: Record<string, string> | undefined): void {
+  private inherit(cache: FragmentCache, tags: readonly string[] | undefined): void {
     const parent = this.stack[this.stack.length - 1];
     if (!parent) return;
     // Tags of another store cannot be checked against the parent's store: such a parent is not stored.
     if (parent.cache !== cache) parent.noStore = true;
-    else if (tags) Object.assign(parent.deps, tags);
+    else if (tags) for (let i = 0; i < tags.length; i += 2) parent.deps.set(tags[i], tags[i + 1]);
   }
 
   /** Resolution of a spec's key, resolving synchronously on a same-tick store; undefined when unknown yet. */
@@ -398,14 +410,15 @@ export class RenderSession {
     const sync = cache.store.sync;
     const generation = sync?.generation?.();
     if (generation !== undefined && entry.checked === generation) return true; // no tag changed since the last check
-    for (const k in tags) {
+    for (let i = 0; i < tags.length; i += 2) {
+      const k = tags[i];
       let v = this.versions.get(k);
       if (v === undefined && sync) {
         // Dependency tags are read, never created: a missing version means the entry is invalid.
         v = sync.get(k)?.body;
         if (v !== undefined) this.versions.set(k, v);
       }
-      if (v !== tags[k]) return false;
+      if (v !== tags[i + 1]) return false;
     }
     if (generation !== undefined) entry.checked = generation;
     return true;
@@ -492,7 +505,7 @@ export class RenderSession {
     const depTags = new Set<string>();
     for (let i = 0; i < keys.length; i++) {
       const tags = found[i]?.tags;
-      if (tags) for (const k in tags) if (!this.versions.has(k) && !missingTags.includes(k)) depTags.add(k);
+      if (tags) for (let j = 0; j < tags.length; j += 2) if (!this.versions.has(tags[j]) && !missingTags.includes(tags[j])) depTags.add(tags[j]);
     }
     if (depTags.size) {
       const deps = [...depTags];
@@ -701,9 +714,9 @@ export class RenderSession {
    * stamped with the versions this render read (an invalidation may have resolved while the other render ran).
    */
   private async accepts(spec: Spec, entry: Entry): Promise<boolean> {
-    const tags = entry.tags ?? {};
-    if (!this.ownTags(spec).every((k) => k in tags)) return false;
-    const missing = Object.keys(tags).filter((k) => !this.versions.has(k));
+    const tags = tagKeysOf(entry);
+    if (!this.ownTags(spec).every((k) => tags.includes(k))) return false;
+    const missing = tags.filter((k) => !this.versions.has(k));
     if (missing.length) {
       const got = await spec.cache.readMany(missing);
       missing.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));

@@ -129,6 +129,22 @@ describe('memory store', () => {
     expect(typeof entry.tags).toBe('object');
   });
 
+  test('stores tags as flat [key, version] pairs; a variant\'s tag version reads back as the version its entries carry', async () => {
+    const store = new MemoryStore();
+    const engine = createEngine({ store, views: [] });
+    const tpl = '<% cache 60 box 7 tags=["t1"] %>{{ v }}<% endcache %>';
+    await engine.renderString(tpl, { v: 1 });
+    const [key] = await collect(store.keys('fc:1:f:'));
+    const tags = store.sync.get(key)!.tags!;
+    expect(tags.length).toBe(6); // name tag, variant tag, user tag
+    const variant = tags.findIndex((t, i) => i % 2 === 0 && t.includes(':tag:v/'));
+    expect(store.sync.get(tags[variant])!.body).toBe(tags[variant + 1]);
+    expect(await engine.renderString(tpl, { v: 2 })).toBe('1');
+    await engine.invalidate('box', [7]);
+    expect(store.sync.get(tags[variant])!.body).not.toBe(tags[variant + 1]);
+    expect(await engine.renderString(tpl, { v: 2 })).toBe('2');
+  });
+
   test('rejects a bad maxBytes', () => {
     expect(() => new MemoryStore({ maxBytes: -1 })).toThrow(/option "maxBytes".*got -1/);
   });

@@ -90,12 +90,12 @@ for (const b of backends) {
       const body = 'héllo <b>wörld</b>\n\u2028 ✓ '.repeat(50);
       await store.setMany([
         { key: `${p}:1:a`, entry: entry(body), ttlMs: 60_000 },
-        { key: `${p}:1:b`, entry: { ...entry('b'), tags: { [`${p}:tag:x`]: 'v1' }, meta: { name: 'b' } }, ttlMs: null },
+        { key: `${p}:1:b`, entry: { ...entry('b'), tags: [`${p}:tag:x`, 'v1'], meta: { name: 'b' } }, ttlMs: null },
       ]);
       const got = await store.getMany([`${p}:1:a`, `${p}:1:nope`, `${p}:1:b`]);
       expect(got[0]!.body).toBe(body);
       expect(got[1]).toBeUndefined();
-      expect(got[2]!.tags).toEqual({ [`${p}:tag:x`]: 'v1' });
+      expect(got[2]!.tags).toEqual([`${p}:tag:x`, 'v1']);
       expect(got[2]!.meta).toEqual({ name: 'b' });
     });
 

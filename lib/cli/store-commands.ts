@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import type { FragmentCache } from '../cache';
-import type { Entry } from '../entry';
+import { tagKeysOf, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import { encodeValue, namePart, varyPart } from '../keys';
 import { describeStore, loadConfig, type CliConfig, type ConfigFlags } from './config';
@@ -115,7 +115,9 @@ export async function keys(pattern: string | undefined, options: ConfigFlags & {
 /** Why an entry is not valid now, or undefined when it is (unexpired, every tag at its stamped version). */
 function invalidity(e: Entry, versions: Map<string, string | undefined>, prefix: string, now: number): string | undefined {
   if (e.expires !== null && e.expires <= now) return `expired ${fmt.seconds((now - e.expires) / 1000)} ago`;
-  for (const [k, v] of Object.entries(e.tags ?? {})) {
+  const tags = e.tags ?? [];
+  for (let i = 0; i < tags.length; i += 2) {
+    const [k, v] = [tags[i], tags[i + 1]];
     const current = versions.get(k);
     if (current !== v) return `invalidated (${describeTag(k.slice(prefix.length + 5))} ${current === undefined ? 'has no version' : 'changed'})`;
   }
@@ -137,7 +139,7 @@ export async function inspect(name: string, vary: string[], options: ConfigFlags
     });
     const entries = await read(cache, found);
     // Tag versions are read, never created: inspecting must not change what it looks at.
-    const tagKeys = [...new Set(entries.flatMap((e) => Object.keys(e?.tags ?? {})))];
+    const tagKeys = [...new Set(entries.flatMap((e) => (e ? tagKeysOf(e) : [])))];
     const tagEntries = await read(cache, tagKeys);
     const versions = new Map(tagKeys.map((k, i) => [k, tagEntries[i]?.body]));
     const now = Date.now();
@@ -146,7 +148,7 @@ export async function inspect(name: string, vary: string[], options: ConfigFlags
       .map((key, i) => ({ key, info: keyInfo(key, cache.prefix, cache.version), e: entries[i] }))
       .filter((x): x is { key: string; info: KeyInfo; e: Entry } => x.e !== undefined)
       .map(({ key, info, e }) => {
-        const ids = Object.keys(e.tags ?? {}).map((k) => k.slice(cache.prefix.length + 5));
+        const ids = tagKeysOf(e).map((k) => k.slice(cache.prefix.length + 5));
         const why = invalidity(e, versions, cache.prefix, now);
         return {
           key,

@@ -6,7 +6,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { FragmentCache } from '../cache';
-import type { Entry } from '../entry';
+import { tagKeysOf, tagPairs, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import { varyPart } from '../keys';
 
@@ -111,7 +111,7 @@ export class PageCache {
     if (gen !== undefined && entry.checked === gen) return true;
     let versions: Map<string, string>;
     try {
-      versions = await this.cache.tagVersions(Object.keys(entry.tags!));
+      versions = await this.cache.tagVersions(tagKeysOf(entry));
     } catch (err) {
       this.cache.report(err);
       return false;
@@ -147,7 +147,7 @@ export class PageCache {
       body: page.body,
       created: now,
       expires,
-      tags: page.tags.size ? Object.fromEntries(page.tags) : undefined,
+      tags: page.tags.size ? tagPairs(page.tags) : undefined,
       meta: { ...page.meta, url: r.url },
     };
     const key = this.pageKey(r, page.meta.vary);

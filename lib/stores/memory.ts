@@ -31,11 +31,35 @@ function keepFlat(s: string): void {
   flatSink ^= (s as unknown as number) | 0;
 }
 
+/**
+ * A fragment variant's tag version (`prefix:tag:v/…`, one per variant ever rendered) is kept as its bare
+ * version string, which the variant's entries share: an Entry object and a boxed timestamp around it would
+ * cost more than the string (measured: 70 B per cached fragment). Reads wrap it again, with `created` 0:
+ * nothing reads the age of a variant tag (page caching checks `created` of user tags, kept whole).
+ */
+type Slot = Entry | string;
+
+function isVariantTagKey(key: string): boolean {
+  const i = key.indexOf(':');
+  return i >= 0 && key.startsWith(':tag:v/', i);
+}
+
+function pack(key: string, e: Entry): Slot {
+  const plain = e.expires === null && e.tags === undefined && e.meta === undefined && !e.json;
+  return plain && isVariantTagKey(key) ? e.body : e;
+}
+
+function unpack(slot: Slot | undefined): Entry | undefined {
+  return typeof slot === 'string' ? { body: slot, created: 0, expires: null } : slot;
+}
+
 /** Bytes an entry is counted for: its body (2 bytes a character at worst), its tags, and a fixed overhead. */
-function entrySize(e: Entry): number {
+function entrySize(slot: Slot): number {
+  if (typeof slot === 'string') return 2 * slot.length + ENTRY_OVERHEAD;
+  const e = slot;
   let n = 2 * e.body.length + ENTRY_OVERHEAD;
   // An outer fragment inherits the tags of everything inside it: they can outweigh the body.
-  if (e.tags) for (const k in e.tags) n += 2 * (k.length + e.tags[k].length) + 40;
+  if (e.tags) for (const t of e.tags) n += 2 * t.length + 20;
   return n;
 }
 
@@ -45,7 +69,7 @@ export class MemoryStore implements Store {
   readonly shared = false;
   /** Same-tick access (used by renders, so they need one pass). */
   readonly sync: SyncStore;
-  private readonly lru: LRUCache<string, Entry>;
+  private readonly lru: LRUCache<string, Slot>;
   /**
    * Grows whenever a tag version may have changed (a tag key written, anything deleted or evicted). An entry
    * validated against the tag versions at generation g is still valid while the generation is g, so a hit
@@ -58,7 +82,7 @@ export class MemoryStore implements Store {
     if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0) {
       throw new OptionError('maxBytes', maxBytes, 'expected a positive whole number of bytes');
     }
-    this.lru = new LRUCache<string, Entry>({
+    this.lru = new LRUCache<string, Slot>({
       maxSize: maxBytes,
       sizeCalculation: entrySize,
       // Anything leaving the store (deleted, evicted, replaced, expired) may be a tag version: see `generation`.
@@ -69,12 +93,12 @@ export class MemoryStore implements Store {
       if (ttlMs === null || ttlMs > 0) {
         keepFlat(entry.body);
         if (key.includes(':tag:')) this.generation++;
-        lru.set(key, entry, ttlMs ? { ttl: ttlMs } : undefined);
+        lru.set(key, pack(key, entry), ttlMs ? { ttl: ttlMs } : undefined);
       }
     };
     this.sync = {
       generation: () => this.generation,
-      get: (key) => lru.get(key),
+      get: (key) => unpack(lru.get(key)),
       set,
       add: (key, entry, ttlMs) => {
         if (lru.has(key)) return false;
@@ -95,7 +119,7 @@ export class MemoryStore implements Store {
   }
 
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
-    return keys.map((k) => this.lru.get(k));
+    return keys.map((k) => unpack(this.lru.get(k)));
   }
 
   async setMany(writes: readonly StoreWrite[]): Promise<void> {
