@@ -7,11 +7,10 @@
  * Goals: whole-page hit ≥ 0.9× /const, fragment-cached page ≥ 0.5× /const.
  */
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import net from 'node:net';
 import path from 'node:path';
 import autocannon from 'autocannon';
 import { summarise } from './support/harness';
+import { freePort } from './support/net';
 
 const DURATION = Number(process.env.BENCH_SECONDS ?? 3);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
@@ -23,14 +22,6 @@ const ROUTES = [
   { name: 'uncached page', path: '/uncached/articles/1' },
 ] as const;
 const GOALS: Record<string, number> = { 'whole-page hit': 0.9, 'fragment cached': 0.5 };
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function cannon(url: string, seconds: number): Promise<{ rps: number; p99: number; errors: number; bytes: number }> {
   const r = await autocannon({ url, connections: CONNECTIONS, duration: seconds });

@@ -11,7 +11,6 @@
  * Run: `npm run bench redis` (or `npx tsx bench/redis.bench.ts`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,16 +20,9 @@ import { createEngine, type Engine } from '../lib/engine';
 import { decodeEntry } from '../lib/entry';
 import type { RedisStore } from '../lib/stores/redis';
 import { formatNs, measure, ratio, summarise, type Summary } from './support/harness';
+import { freePort } from './support/net';
 
 const PAGE = '<ul><% for i in range(20) %><% cache 300, "item", i %><li>{{ i }}: {{ title }} — {{ "x".repeat(200) }}</li><% endcache %><% endfor %></ul>';
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 async function redisUrl(): Promise<{ url: string; child?: ChildProcess }> {
   if (process.env.REDIS_URL) return { url: process.env.REDIS_URL };
