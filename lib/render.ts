@@ -280,6 +280,12 @@ export class RenderSession {
       this.wanted.set(spec.key, spec);
       return '';
     }
+    if (r.kind === 'miss' && this.wanted.size > 0 && !this.lastPass) {
+      // A fragment still unknown earlier in this pass makes this body's output provisional (see `tainted` below):
+      // another pass follows anyway, so render it then, once, instead of now and again.
+      for (const f of this.stack) f.complete = false;
+      return '';
+    }
     const depth = this.depth;
     // Traced in the order fragments open, so nested ones follow their parent.
     const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
@@ -550,20 +556,30 @@ export class RenderSession {
    * A wait lasts at most `waitMs`; after that the waiter renders the fragment itself.
    */
   private async claimMisses(misses: Spec[], canStore: (spec: Spec) => boolean, readAt: number): Promise<void> {
-    // Produced (or failed) in another render of this process since this one read the store? Then use it (or
-    // fail with it) as a waiter would have.
-    const recent = await Promise.all(
-      misses.map(async (s) => {
-        const r = s.cache.inflight.has(s.key) ? undefined : s.cache.recentOutcome(s.key, readAt);
-        if (r?.error !== undefined) throw r.error;
-        if (!r?.entry || !(await this.accepts(s, r.entry))) return false;
-        this.record(s, { kind: 'hit', entry: r.entry });
-        return true;
-      }),
-    );
-    let pending = misses.filter((_, i) => !recent[i]);
+    let pending = misses;
     const gaveUp = new Set<Spec>();
+    /** Specs whose recent outcome was already considered (and not usable). */
+    const considered = new Set<Spec>();
     while (pending.length) {
+      // Produced (or failed) in another render of this process since this one read the store? Then use it (or
+      // fail with it) as a waiter would have. Checked again on every round, in the same synchronous stretch as
+      // the claims below: another render may release a key while this one waits for something else.
+      const recent = pending.filter((s) => !considered.has(s) && !s.cache.inflight.has(s.key) && s.cache.recentOutcome(s.key, readAt));
+      if (recent.length) {
+        const used = await Promise.all(
+          recent.map(async (s) => {
+            considered.add(s);
+            const r = s.cache.recentOutcome(s.key, readAt);
+            if (r?.error !== undefined) throw r.error;
+            if (!r?.entry || !(await this.accepts(s, r.entry))) return false;
+            this.record(s, { kind: 'hit', entry: r.entry });
+            return true;
+          }),
+        );
+        const done = new Set(recent.filter((_, i) => used[i]));
+        pending = pending.filter((s) => !done.has(s));
+        continue;
+      }
       let held = pending.filter((s) => !gaveUp.has(s) && s.cache.inflight.has(s.key) && !this.claims.has(s.key));
       // A stale copy (stale=) is served at once while the other render refreshes it.
       const stale = held.filter((s) => this.staleFound.has(s.key));

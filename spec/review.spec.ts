@@ -143,8 +143,8 @@ describe('single-flight', () => {
     const boom = () => {
       throw new Error('error in a.njk only');
     };
-    const held = store.hold(fragment('Z'));
-    const a = engine.render('a.njk', { boom }); // claims W and X; fails in W's body on pass 3
+    const held = store.hold(fragment('E'));
+    const a = engine.render('a.njk', { boom }); // claims W and X, then reads E (held); fails in E's body on pass 3
     a.catch(() => undefined);
     await held.reached;
     const b = engine.render('b.njk'); // waits on A's claim of X
@@ -348,3 +348,36 @@ async function collect(it: AsyncIterable<string>): Promise<string[]> {
   for await (const x of it) out.push(x);
   return out;
 }
+
+describe('second review: single-flight across passes', () => {
+  const ticking = (engine: ReturnType<typeof createEngine>) => {
+    const runs: Record<string, number> = {};
+    engine.env.addGlobal('tick', (n: string) => {
+      runs[n] = (runs[n] ?? 0) + 1;
+      return '';
+    });
+    return runs;
+  };
+  const files = {
+    'nested.njk': '<% cache 60 outer %>{{ tick("outer") }}<% cache 60 inner %>{{ tick("inner") }}I<% endcache %><% endcache %>',
+    'sibling.njk': '<% cache 60 first %>{{ tick("first") }}<% cache 60 firstInner %>{{ tick("firstInner") }}<% endcache %><% endcache %><% cache 60 expensive %>{{ tick("expensive") }}E<% endcache %>',
+  };
+
+  test('fixed: 20 concurrent cold renders on an async store run each body as often as one render does (a key released between a render\'s checks is picked up)', async () => {
+    const engine = createEngine({ views: views(files), store: keyvStore() });
+    const runs = ticking(engine);
+    const outs = await Promise.all(Array.from({ length: 20 }, () => engine.render('nested.njk')));
+    expect(new Set(outs)).toEqual(new Set(['I']));
+    // The outer body renders once per nesting level that misses (its inner fragment is unknown the first time).
+    expect(runs).toEqual({ outer: 2, inner: 1 });
+  });
+
+  test('fixed: a sibling after an unknown fragment renders once, not once provisionally and once for real', async () => {
+    const engine = createEngine({ views: views(files), store: keyvStore() });
+    const runs = ticking(engine);
+    expect(await engine.render('sibling.njk')).toBe('E');
+    expect(runs).toEqual({ first: 2, firstInner: 1, expensive: 1 });
+    expect(await engine.render('sibling.njk')).toBe('E');
+    expect(runs).toEqual({ first: 2, firstInner: 1, expensive: 1 });
+  });
+});
