@@ -20,6 +20,40 @@ type Lexer = any;
 const OPTIONS = ['tags', 'when', 'using', 'stale', 'digest'] as const;
 const NAME = /^[A-Za-z0-9_.:-]+$/;
 
+/**
+ * Names under which a CacheExtension was added to an Environment: their nodes' bodies are searched for blocks.
+ * Nunjucks finds a template's `block`s with `findAll(Block)`, which does not look into an extension's body (a
+ * plain array), so a `block` inside a cache body would be "unknown". Looking into this tag's bodies makes such a
+ * block work as it does inside `if` or `for` (only for this extension's nodes; others are left as they are).
+ */
+const ownNames = new Set<string>();
+const nunjucksNodes: Nodes = (nunjucks as unknown as { nodes: Nodes }).nodes;
+{
+  const proto = nunjucksNodes.CallExtension.prototype;
+  if (!proto.__fragcacheFindAll) {
+    const findAll = proto.findAll;
+    proto.findAll = function (this: any, type: any, results?: unknown[]) {
+      const found = findAll.call(this, type, results);
+      if (ownNames.has(this.extName)) {
+        for (const c of this.contentArgs ?? []) {
+          if (c instanceof type) found.push(c);
+          if (c instanceof nunjucksNodes.Node) c.findAll(type, found);
+        }
+      }
+      return found;
+    };
+    proto.__fragcacheFindAll = true;
+  }
+}
+
+/** Digest of a compiled block function (its code), computed once per function. */
+const blockDigests = new WeakMap<object, string>();
+function blockDigest(fn: object): string {
+  let d = blockDigests.get(fn);
+  if (d === undefined) blockDigests.set(fn, (d = sourceDigest(String(fn))));
+  return d;
+}
+
 /** The `cache` tag. Add it to an Environment with `env.addExtension('FragmentCache', new CacheExtension(resolver))`. */
 export class CacheExtension {
   readonly tags = ['cache'];
@@ -30,6 +64,7 @@ export class CacheExtension {
   constructor(private readonly resolveCache: CacheResolver) {}
 
   parse(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
+    ownNames.add((this as { __name?: string }).__name ?? 'FragmentCache');
     const tok = parser.nextToken();
     const at = (t: { lineno: number; colno: number }) => [t.lineno, t.colno] as const;
     const isEnd = () => {
@@ -74,15 +109,26 @@ export class CacheExtension {
       if (seen.size) parser.fail('cache tag: vary values must come before the options', next.lineno, next.colno);
       vary.push(parser.parseExpression());
     }
-    parser.advanceAfterBlockEnd(tok.value);
+    // `-%>` trims the body's leading white space: part of what the body outputs, so part of its digest.
+    const trimmed = parser.advanceAfterBlockEnd(tok.value)?.value?.startsWith('-') ? '-' : '';
 
     const start: number = parser.tokens.index;
-    const body = parser.parseUntilBlocks('endcache');
+    let body: any;
+    try {
+      body = parser.parseUntilBlocks('endcache');
+    } catch (err) {
+      // `<% endif %>` (say) before this tag's endcache: the endcache is missing, which is what to say.
+      const m = /unknown block tag: (end\w*)/.exec(String((err as Error).message));
+      if (m) parser.fail(`cache tag "${name}" opened at line ${tok.lineno + 1} has no endcache before "${m[1]}"`, ...at(tok));
+      throw err;
+    }
     const end = parser.peekToken();
     if (!end || end.value !== 'endcache') {
       parser.fail(`cache tag "${name}" opened at line ${tok.lineno + 1} has no endcache`, ...at(tok));
     }
-    const source: string = parser.tokens.str.slice(start, parser.tokens.index);
+    const source: string = trimmed + parser.tokens.str.slice(start, parser.tokens.index);
+    // Blocks inside the body: what they output depends on the template that extends this one (see `run`).
+    const blocks: string[] = body.findAll(nodes.Block).map((b: any) => b.name.value);
     parser.advanceAfterBlockEnd();
 
     const [line, col] = at(tok);
@@ -96,6 +142,7 @@ export class CacheExtension {
       ttl,
       new nodes.Array(line, col, vary),
       new nodes.Dict(line, col, options),
+      new nodes.Array(line, col, blocks.map(lit)),
     ]);
     return new nodes.CallExtension(this, 'run', args, [body]);
   }
@@ -127,7 +174,7 @@ export class CacheExtension {
 
   /** Called by compiled templates. */
   run(
-    _context: unknown,
+    context: { blocks?: Record<string, object[]> },
     name: string,
     np: string,
     digest: string | null,
@@ -136,8 +183,12 @@ export class CacheExtension {
     ttl: unknown,
     vary: unknown[],
     options: TagOptions,
+    blocks: string[],
     body: () => string,
   ): unknown {
+    // A `block` inside the body renders whatever the templates extending this one put there: the key includes the
+    // code of every override in the chain, so two child templates never share (and an edited override misses).
+    if (blocks.length) digest = sourceDigest(`${digest ?? '-'}|${blocks.map((b) => (context.blocks?.[b] ?? []).map(blockDigest).join(',')).join('|')}`);
     const block: Block = { name, namePart: np, digest, line, column };
     const session = currentSession();
     // A session belongs to one engine: another engine's template rendered inside it gets its own.

@@ -381,3 +381,49 @@ describe('second review: single-flight across passes', () => {
     expect(runs).toEqual({ first: 2, firstInner: 1, expensive: 1 });
   });
 });
+
+describe('second review: blocks, whitespace control and errors in the tag', () => {
+  const layouts = {
+    'layout.njk': '<html><% cache 60 shell %><body><% block content %>default<% endblock %></body><% endcache %></html>',
+    'plain.njk': '<% extends "layout.njk" %>',
+    'more.njk': '<% extends "layout.njk" %><% block content %>{{ super() }} and more<% endblock %>',
+    'other.njk': '<% extends "layout.njk" %><% block content %>other {{ v }}<% endblock %>',
+  };
+
+  test.each([
+    ['the memory store', () => undefined],
+    ['an async store', () => keyvStore()],
+  ])('fixed: a block inside a cache body works (layout, child, super()) and children never share its output, on %s', async (_what, store) => {
+    const engine = createEngine({ views: views(layouts), store: store() });
+    for (let round = 0; round < 2; round++) {
+      expect(await engine.render('layout.njk')).toBe('<html><body>default</body></html>');
+      expect(await engine.render('plain.njk')).toBe('<html><body>default</body></html>');
+      expect(await engine.render('more.njk')).toBe('<html><body>default and more</body></html>');
+      // The block's override is part of the key; data it reads is not (vary on it, as for any fragment).
+      expect(await engine.render('other.njk', { v: round })).toBe('<html><body>other 0</body></html>');
+    }
+    expect(engine.stats().fragments.shell).toMatchObject({ misses: 3, hits: 5 });
+  });
+
+  test('fixed: a body that contains no block keeps its key whatever template extends it', async () => {
+    const engine = createEngine({
+      views: views({ 'base.njk': '<% cache 60 nav %>nav<% endcache %><% block b %><% endblock %>', 'c1.njk': '<% extends "base.njk" %><% block b %>1<% endblock %>', 'c2.njk': '<% extends "base.njk" %><% block b %>2<% endblock %>' }),
+    });
+    expect(await engine.render('c1.njk')).toBe('nav1');
+    expect(await engine.render('c2.njk')).toBe('nav2');
+    expect(engine.stats().fragments.nav).toMatchObject({ misses: 1, hits: 1 });
+  });
+
+  test('fixed: adding whitespace control to the opening tag changes the digest', async () => {
+    const dir = views({ 'p.njk': '<% cache 60 ws %>   A<% endcache %>.' });
+    const store = new MemoryStore();
+    expect(await createEngine({ views: dir, store }).render('p.njk')).toBe('   A.');
+    const edited = createEngine({ views: views({ 'p.njk': '<% cache 60 ws -%>   A<% endcache %>.' }), store });
+    expect(await edited.render('p.njk')).toBe('A.');
+  });
+
+  test('fixed: a missing endcache inside an if says so, at the cache tag', async () => {
+    const engine = createEngine({ views: views({ 'p.njk': 'x\n<% if true %>\n  <% cache 60 box %>b\n<% endif %>' }) });
+    await expect(engine.render('p.njk')).rejects.toThrow(/p\.njk:3:6: .*cache tag "box" opened at line 3 has no endcache before "endif"/);
+  });
+});
