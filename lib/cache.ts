@@ -485,19 +485,20 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   /**
    * What this process produced for a key in the last second: the entry, or the error of a render that failed
-   * at or after `since` (a render that missed concurrently shares that error, as a waiter would).
+   * after `since`, a `performance.now()` time (a render that missed concurrently shares that error, as a waiter would).
    */
   recentOutcome(key: string, since: number): { entry?: Entry; error?: unknown } | undefined {
     const r = this.recent.get(key);
-    if (!r || Date.now() - r.at >= 1000) return undefined;
+    if (!r || performance.now() - r.at >= 1000) return undefined;
     if (r.entry) return { entry: r.entry };
-    return r.at >= since ? { error: r.error } : undefined;
+    // Strictly after this render's read started (monotonic clock): a render that failed before is not concurrent.
+    return r.at > since ? { error: r.error } : undefined;
   }
 
   /** Releases a claim made with {@link claim}: with the entry, with an error, or with nothing (not produced). */
   release(key: string, outcome: { entry?: Entry; error?: unknown }): void {
     if (outcome.entry || outcome.error !== undefined) {
-      const now = Date.now();
+      const now = performance.now();
       this.recent.delete(key);
       this.recent.set(key, { ...outcome, at: now });
       // Oldest first (insertion order): drop what is over a second old.

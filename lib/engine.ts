@@ -88,7 +88,44 @@ export interface Explained {
 }
 
 const ANGLE = { blockStart: '<%', blockEnd: '%>' };
-const POSITION = /^\s*\(([^()\n]*)\)(?: \[Line (\d+), Column (\d+)\])?$/gm;
+
+/**
+ * Environments made by engines. Nunjucks reports a syntax error in an imported template (`import`, `from`)
+ * without that template's name, so it reads as an error of the importer at the imported file's line: for these
+ * environments, name the imported template in the error as `render` does for included ones.
+ */
+const engineEnvs = new WeakSet<object>();
+{
+  type Tmpl = { env: object; path?: string; compile(): void };
+  const proto = (nunjucks.Template as unknown as { prototype: Tmpl & { getExported: (...a: unknown[]) => unknown; __fragcache?: boolean } }).prototype;
+  if (!proto.__fragcache) {
+    const getExported = proto.getExported;
+    const prettify = (nunjucks as unknown as { lib: { _prettifyError(path: string | undefined, withInternals: boolean, e: unknown): unknown } }).lib._prettifyError;
+    proto.getExported = function (this: Tmpl, ...args: unknown[]) {
+      if (engineEnvs.has(this.env)) {
+        try {
+          this.compile();
+        } catch (e) {
+          const err = prettify(this.path, true, e);
+          const cb = args.find((a) => typeof a === 'function') as ((e: unknown) => void) | undefined;
+          if (cb) return cb(err);
+          throw err;
+        }
+      }
+      return getExported.apply(this, args);
+    };
+    proto.__fragcache = true;
+  }
+}
+
+/** A pass whose callback had not come when it returned (see `Engine.settle`). */
+interface PendingPass {
+  /** True while a late callback is still awaited. */
+  late: boolean;
+  error?: unknown;
+}
+// `(path) [Line l, Column c]`; the path may hold parentheses itself, as `(string)` does.
+const POSITION = /^\s*\((.+?)\)(?: \[Line (\d+), Column (\d+)\])?$/gm;
 
 /** The engine returned by {@link createEngine}. Emits the cache events of all its stores. */
 export class Engine extends EventEmitter<CacheEvents> {
@@ -148,6 +185,7 @@ export class Engine extends EventEmitter<CacheEvents> {
       tags: options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags },
     });
     this.env.addExtension('FragmentCache', new CacheExtension(this.resolve));
+    engineEnvs.add(this.env);
   }
 
   /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
@@ -171,11 +209,15 @@ export class Engine extends EventEmitter<CacheEvents> {
   }
 
   private template(name: string): nunjucks.Template {
+    let tmpl: nunjucks.Template | undefined;
     try {
-      return this.env.getTemplate(name, true);
+      tmpl = this.env.getTemplate(name, true);
     } catch (err) {
       throw this.templateError(err, name);
     }
+    // An asynchronous loader answers later: getTemplate returns nothing.
+    if (!tmpl) throw new AsyncTemplateError(`template ${name} comes from an asynchronous loader; fragcache renders synchronously so that no output is lost. Use a synchronous loader.`);
+    return tmpl;
   }
 
   private compileString(source: string, name: string): nunjucks.Template {
@@ -191,7 +233,7 @@ export class Engine extends EventEmitter<CacheEvents> {
     const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, ...this.lock });
     try {
       for (let passes = 1; ; passes++) {
-        const html = session.pass(() => this.renderPass(tmpl, context));
+        const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);
         if (!session.incomplete) {
           await session.flush();
           return { html, fragments: session.trace ?? [], passes };
@@ -202,28 +244,59 @@ export class Engine extends EventEmitter<CacheEvents> {
       }
     } catch (err) {
       session.abandon();
+      const late = await this.lateError(err);
+      if (late) throw this.templateError(late, (tmpl as unknown as { path?: string }).path);
       throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);
     }
   }
 
+  /** For an AsyncTemplateError raised in a cache body: the error Nunjucks reports a tick later, if any. */
+  private async lateError(err: unknown): Promise<unknown> {
+    let e: unknown = err;
+    for (let i = 0; i < 5 && e && !(e instanceof AsyncTemplateError); i++) e = (e as { cause?: unknown }).cause;
+    if (!(e instanceof AsyncTemplateError) || !e.late) return undefined;
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    return e.late.error;
+  }
+
+  /**
+   * The result of a pass. A pass that did not finish in the same tick either used something asynchronous (an
+   * AsyncTemplateError) or hit an error that Nunjucks reports a tick later (a syntax error in an included
+   * template is reported through setImmediate): wait one turn of the event loop to tell which.
+   */
+  private async settle(pass: string | PendingPass, tmpl: nunjucks.Template): Promise<string> {
+    if (typeof pass === 'string') return pass;
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    pass.late = false; // a callback after this point is ignored
+    if (pass.error) throw pass.error;
+    throw new AsyncTemplateError(
+      `template ${this.relative((tmpl as unknown as { path?: string }).path)} uses an asynchronous filter, extension or loader; fragcache renders synchronously so that no output is lost. Make it synchronous, or compute the value before rendering.`,
+    );
+  }
+
   /** One synchronous render; Nunjucks calls back in the same tick unless something async ran. */
-  private renderPass(tmpl: nunjucks.Template, context: object): string {
+  private renderPass(tmpl: nunjucks.Template, context: object): string | PendingPass {
     let done = false;
     let error: unknown;
     let html = '';
+    const pending: PendingPass = { late: true };
     // A parent frame makes Nunjucks call back synchronously instead of via setImmediate.
     const frame = new (nunjucks.runtime as unknown as { Frame: new () => unknown }).Frame();
     (tmpl.render as unknown as (ctx: object, frame: unknown, cb: (e: unknown, r: string) => void) => void)(context, frame, (err, res) => {
-      if (done) return; // a late callback of an async filter: the pass was already rejected
+      if (done) {
+        // Called back after the pass: only an error is of use (see `settle`), never output.
+        if (pending.late && err) pending.error = err;
+        return;
+      }
       done = true;
       error = err;
       html = res;
     });
     if (!done) {
       done = true;
-      throw new AsyncTemplateError(
-        `template ${this.relative((tmpl as unknown as { path?: string }).path)} uses an asynchronous filter, extension or loader; fragcache renders synchronously so that no output is lost. Make it synchronous, or compute the value before rendering.`,
-      );
+      return pending;
     }
     if (error) throw error;
     return html;
@@ -257,11 +330,12 @@ export class Engine extends EventEmitter<CacheEvents> {
       line += 1;
       if (column !== undefined) column += 1;
     }
-    // Nunjucks leaves "[Line 0, …]" out of the message (0 is falsy): an error on the first line of a render.
+    // Nunjucks leaves "[Line 0, …]" out of the message (0 is falsy): an error on the first line of a render; but
+    // line 0 with column 0 is what it gives when it does not know (an error thrown by a getter, say): say nothing.
     const raw = e as { lineno?: unknown; colno?: unknown };
-    if (line === undefined && raw?.lineno === 0 && !/template not found/i.test(message)) {
+    if (line === undefined && raw?.lineno === 0 && typeof raw.colno === 'number' && raw.colno > 0 && !/template not found/i.test(message)) {
       line = 1;
-      column = typeof raw.colno === 'number' ? raw.colno + 1 : undefined;
+      column = raw.colno + 1;
     }
     template = template === 'unknown path' || !template ? fallbackName : template;
     const name = this.relative(template);

@@ -51,7 +51,13 @@ export class FragmentArgumentError extends FragcacheError {}
  * synchronously so that no output is ever lost (see the README, "Design"); use a synchronous filter or
  * loader, or prepare the value before rendering.
  */
-export class AsyncTemplateError extends FragcacheError {}
+export class AsyncTemplateError extends FragcacheError {
+  /**
+   * @internal Where an error that arrives a tick after the render lands: a syntax error in a template included
+   * in a cache body is reported that way by Nunjucks, and is then the real error to report.
+   */
+  late?: { error?: unknown };
+}
 
 /** A cache store failed or timed out. Reported through the `error` event; thrown only by invalidations. */
 export class StoreError extends FragcacheError {

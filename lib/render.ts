@@ -90,6 +90,17 @@ interface Frame {
 
 const SafeString = nunjucks.runtime.SafeString;
 
+/**
+ * The error of a fragment that failed in a concurrent render this one waited for (single-flight shares it).
+ * Thrown outside any template, so it names the fragment and its line itself.
+ */
+class SharedFailure extends Error {
+  constructor(cause: unknown, block: Block) {
+    super(`cache "${block.name}" (line ${block.line}, column ${block.column}): ${String((cause as Error)?.message ?? cause).replace(/^[\s\S]*\n\s*/, '')} (the same fragment failed in a concurrent render)`, { cause });
+    this.name = 'Error';
+  }
+}
+
 /** One frozen `{ name }` per fragment name, shared by all its entries (names are template literals: few). */
 const metas = new Map<string, Readonly<Record<string, unknown>>>();
 function metaOf(name: string): Readonly<Record<string, unknown>> {
@@ -113,15 +124,21 @@ export function renderBody(block: Block, body: (cb?: (err: unknown, out: string)
   let done = false;
   let error: unknown;
   let out = '';
+  const late: { error?: unknown } = {};
   body((err, res) => {
-    if (done) return;
+    if (done) {
+      if (err) late.error = err; // an error Nunjucks reports a tick later (see AsyncTemplateError.late)
+      return;
+    }
     done = true;
     error = err;
     out = res;
   });
   if (!done) {
     done = true;
-    throw new AsyncTemplateError(`cache "${block.name}" (line ${block.line}): its body uses an asynchronous filter or extension; fragcache renders synchronously so that no output is lost. Make it synchronous, or compute the value before rendering.`);
+    const e = new AsyncTemplateError(`cache "${block.name}" (line ${block.line}): its body uses an asynchronous filter or extension; fragcache renders synchronously so that no output is lost. Make it synchronous, or compute the value before rendering.`);
+    e.late = late;
+    throw e;
   }
   if (error) throw error;
   return out;
@@ -498,7 +515,7 @@ export class RenderSession {
   private async resolveBatch(cache: FragmentCache, specs: Spec[]): Promise<void> {
     const ownTags = [...new Set(specs.flatMap((s) => this.ownTags(s)))].filter((k) => !this.versions.has(k));
     const keys = specs.map((s) => s.key);
-    const readAt = Date.now();
+    const readAt = performance.now(); // monotonic: compared with when other renders released their claims
     // Round trip 1: the entries and the tag versions we already know we need.
     const found = await cache.readMany([...keys, ...ownTags]);
     const missingTags: string[] = [];
@@ -570,7 +587,7 @@ export class RenderSession {
           recent.map(async (s) => {
             considered.add(s);
             const r = s.cache.recentOutcome(s.key, readAt);
-            if (r?.error !== undefined) throw r.error;
+            if (r?.error !== undefined) throw new SharedFailure(r.error, s.block);
             if (!r?.entry || !(await this.accepts(s, r.entry))) return false;
             this.record(s, { kind: 'hit', entry: r.entry });
             return true;
@@ -715,7 +732,9 @@ export class RenderSession {
     });
     let entry: Entry | undefined | typeof TIMEOUT;
     try {
-      entry = await Promise.race([running.promise, timeout]); // rejects with the first render's error
+      entry = await Promise.race([running.promise, timeout]);
+    } catch (err) {
+      throw new SharedFailure(err, spec.block); // the first render's error, said where it comes from
     } finally {
       clearTimeout(timer);
     }

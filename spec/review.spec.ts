@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import Keyv from 'keyv';
 import nunjucks from 'nunjucks';
-import { createEngine, FragmentCache, KeyvStore, MemoryStore, type Store } from '../lib';
+import { AsyncTemplateError, createEngine, FragmentCache, KeyvStore, MemoryStore, TemplateError, type Store } from '../lib';
 import type { Entry } from '../lib/entry';
 import { fragmentKey } from '../lib/keys';
 import { counter, views } from './support/views';
@@ -425,5 +425,74 @@ describe('second review: blocks, whitespace control and errors in the tag', () =
   test('fixed: a missing endcache inside an if says so, at the cache tag', async () => {
     const engine = createEngine({ views: views({ 'p.njk': 'x\n<% if true %>\n  <% cache 60 box %>b\n<% endif %>' }) });
     await expect(engine.render('p.njk')).rejects.toThrow(/p\.njk:3:6: .*cache tag "box" opened at line 3 has no endcache before "endif"/);
+  });
+});
+
+describe('second review: error reports', () => {
+  const bad = {
+    'includer.njk': 'a\n<% include "syntax.njk" %>',
+    'syntax.njk': 'x\ny\n  <% cache %>z<% endcache %>',
+    'cached-include.njk': '<% cache 60 outer %><% include "syntax.njk" %><% endcache %>',
+    'importer.njk': 'a\n<% import "macros.njk" as m %>{{ m.f() }}',
+    'macros.njk': 'x\n<% macro f() %>{{ }}<% endmacro %>',
+  };
+
+  test.each(['includer.njk', 'cached-include.njk'])('fixed: a syntax error in a template included by %s names that template, line and column (it is not an "asynchronous" error)', async (page) => {
+    const engine = createEngine({ views: views(bad) });
+    const err = await engine.render(page).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TemplateError);
+    expect(err).toMatchObject({ template: 'syntax.njk', line: 3 });
+    expect(String((err as Error).message)).toMatch(/^syntax\.njk:3:\d+: cache tag needs a ttl and a name/);
+  });
+
+  test('fixed: a syntax error in an imported template names the imported template', async () => {
+    const engine = createEngine({ views: views(bad) });
+    await expect(engine.render('importer.njk')).rejects.toMatchObject({ template: 'macros.njk', line: 2 });
+  });
+
+  test('fixed: renderString without a name reports (string):line:column', async () => {
+    const engine = createEngine();
+    await expect(engine.renderString('a\n<% cache %>x<% endcache %>')).rejects.toMatchObject({ message: expect.stringMatching(/^\(string\):2:4: /), line: 2, column: 4 });
+  });
+
+  test('fixed: an error whose position Nunjucks does not know gets no made-up 1:1', async () => {
+    const engine = createEngine();
+    const ctx = { user: { get name() { throw new Error('db down'); } } };
+    await expect(engine.renderString('head\n<% cache 60 c %>\n{{ user.name }}<% endcache %>', ctx, 'p.njk')).rejects.toMatchObject({ message: 'p.njk: Error: db down', line: undefined });
+  });
+
+  test('fixed: a template from an asynchronous loader is an AsyncTemplateError naming it, not a TypeError', async () => {
+    const engine = createEngine({ views: views({}) });
+    class SlowLoader extends nunjucks.Loader {
+      async = true;
+      cache = {};
+      getSource(name: string, cb: (err: unknown, src?: object) => void) {
+        setImmediate(() => cb(null, { src: 'x', path: name, noCache: true }));
+      }
+    }
+    (engine.env as unknown as { loaders: unknown[] }).loaders = [new SlowLoader()];
+    await expect(engine.render('remote.njk')).rejects.toThrow(AsyncTemplateError);
+    await expect(engine.render('remote.njk')).rejects.toThrow(/remote\.njk comes from an asynchronous loader/);
+  });
+
+  test('fixed: a render that failed before another one started never hands it its error', async () => {
+    const src = '<% for u in users %><% cache 60 row u.id %>{{ u.fn() }}<% endcache %><% endfor %>';
+    for (let i = 0; i < 50; i++) {
+      const engine = createEngine({ store: keyvStore() });
+      await expect(engine.renderString(src, { users: [{ id: 2, fn: () => { throw new Error('bad data of request 1'); } }] }, 'rows.njk')).rejects.toThrow(/request 1/);
+      expect(await engine.renderString(src, { users: [{ id: 2, fn: () => 'B' }] }, 'rows.njk')).toBe('B');
+    }
+  });
+
+  test('fixed: a concurrent render that shares a failed fragment\'s error says which fragment and line', async () => {
+    const engine = createEngine({ store: keyvStore() });
+    const src = 'a\n<% cache 60 row %>\n{{ fn() }}<% endcache %>';
+    const fn = () => {
+      throw new Error('boom');
+    };
+    const results = await Promise.allSettled([0, 1, 2].map(() => engine.renderString(src, { fn }, 'rows.njk')));
+    const messages = results.map((r) => (r.status === 'rejected' ? String((r.reason as Error).message) : 'resolved'));
+    expect(messages.filter((m) => /^rows\.njk:3:\d+: Error: boom/.test(m))).toHaveLength(1);
+    for (const m of messages.filter((x) => !/^rows\.njk:3/.test(x))) expect(m).toMatch(/^rows\.njk: cache "row" \(line 2, column \d+\): boom \(the same fragment failed in a concurrent render\)/);
   });
 });
