@@ -126,6 +126,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.version = String(version);
     this.base = `${prefix}:${this.version}:`;
     this.guard = new StoreGuard(store.kind, options.guard);
+    store.reportTo?.((err) => this.report(err));
     this.errorInterval = options.errorInterval ?? 10_000;
     this.events = options.events ?? this;
   }
@@ -192,8 +193,13 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
         else {
           // Someone created it first (maybe an invalidation): use theirs.
           const [again] = await this.guard.run('getMany', () => this.store.getMany([k]));
-          if (!again) throw new StoreError(`tag version ${k} vanished while being created`, this.store.kind, 'add');
-          out.set(k, again.body);
+          if (again) out.set(k, again.body);
+          else {
+            // The key holds something unreadable (garbage, another format version) or vanished since: replace it
+            // with a new version. Safe: no entry carries a version that was never readable, so none revives.
+            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: { body: v, created: Date.now(), expires: null }, ttlMs: null }]));
+            out.set(k, v);
+          }
         }
       }),
     );
@@ -441,10 +447,8 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
   async bumpTags(tagIds: readonly string[]): Promise<void> {
     const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: null }, ttlMs: null }));
-    if (this.store.sync) {
-      for (const w of writes) this.store.sync.set(w.key, w.entry, null);
-      return;
-    }
+    // Never the same-tick path, even on a same-tick store: its writes report failures instead of throwing, and an
+    // invalidation that did not happen must reject.
     await this.guard.run('setMany', () => this.store.setMany(writes));
   }
 

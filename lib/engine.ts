@@ -243,7 +243,7 @@ export class Engine extends EventEmitter<CacheEvents> {
         if (passes + 1 >= this.maxPasses) session.lastPass = true;
       }
     } catch (err) {
-      session.abandon();
+      session.fail();
       const late = await this.lateError(err);
       if (late) throw this.templateError(late, (tmpl as unknown as { path?: string }).path);
       throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);

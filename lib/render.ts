@@ -176,6 +176,8 @@ export class RenderSession {
   private readonly writes = new Map<FragmentCache, StoreWrite[]>();
   private readonly claims = new Map<string, FragmentCache>();
   private readonly writtenKeys = new Set<string>();
+  /** What this render wrote to same-tick stores at once: taken back if the render fails (see {@link fail}). */
+  private readonly syncWritten = new Map<string, FragmentCache>();
   /** Fragments of the current pass, when tracing. */
   trace: FragmentTrace[] | undefined;
   private tracing: boolean;
@@ -222,6 +224,7 @@ export class RenderSession {
     this.wanted.clear();
     this.writes.clear();
     this.writtenKeys.clear();
+    this.syncWritten.clear();
     this.abandon();
   }
 
@@ -407,7 +410,8 @@ export class RenderSession {
       // Same-tick store: ask it every time (what this render wrote is already in it), no memo needed.
       const entry = sync.get(spec.key);
       let r: Resolution;
-      if (entry && this.valid(entry, spec.cache)) r = { kind: 'hit', entry };
+      // (Early refresh, when due, makes this render the one that refreshes it: same-tick renders never overlap.)
+      if (entry && this.valid(entry, spec.cache) && !this.refreshNow(entry, Date.now())) r = { kind: 'hit', entry };
       else {
         // Read (or create) the own tag versions before the body renders, so the entry is stamped with them.
         for (const k of this.ownTags(spec)) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
@@ -423,6 +427,14 @@ export class RenderSession {
     const r: Resolution = { kind: 'miss', store: false };
     this.record(spec, r);
     return r;
+  }
+
+  /**
+   * XFetch (probabilistic early refresh, β = `earlyRefresh`): true, with a probability that grows as expiry nears
+   * and with the cost of the body, when this render should refresh a still-valid entry now.
+   */
+  private refreshNow(entry: Entry, now: number): boolean {
+    return this.beta > 0 && entry.expires !== null && !!entry.cost && now - entry.cost * this.beta * Math.log(Math.random()) >= entry.expires;
   }
 
   /** Unexpired and stamped with the current version of every tag. */
@@ -469,6 +481,7 @@ export class RenderSession {
     const cache = spec.cache;
     if (cache.store.sync) {
       cache.store.sync.set(spec.key, entry, ttlMs);
+      this.syncWritten.set(spec.key, cache);
       this.stored(cache, spec.block.name, spec.key);
     } else {
       let list = this.writes.get(cache);
@@ -552,7 +565,7 @@ export class RenderSession {
       if (entry && this.valid(entry, cache)) {
         // XFetch (probabilistic early refresh): the closer to expiry and the costlier the body, the likelier one
         // render refreshes it now; it is then handled as a miss whose valid copy is served if another holds the lock.
-        if (this.beta && entry.expires !== null && entry.cost && now - entry.cost * this.beta * Math.log(Math.random()) >= entry.expires) {
+        if (this.refreshNow(entry, now)) {
           this.staleFound.set(spec.key, entry);
           misses.push(spec);
         } else this.record(spec, { kind: 'hit', entry });
@@ -769,6 +782,17 @@ export class RenderSession {
       }),
     );
     await this.unlockAll();
+    this.abandon();
+  }
+
+  /**
+   * The render failed: nothing it produced stays stored. Fragments written at once to a same-tick store (the
+   * memory store, SQLite) are deleted again; writes to other stores were only queued and are dropped.
+   */
+  fail(): void {
+    for (const [key, cache] of this.syncWritten) cache.store.sync?.delete(key);
+    this.syncWritten.clear();
+    this.writes.clear();
     this.abandon();
   }
 

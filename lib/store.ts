@@ -41,6 +41,11 @@ export interface Store {
   lock?(key: string, ttlMs: number): Promise<string | undefined>;
   /** Releases a lock, only if `token` still owns it. */
   unlock?(key: string, token: string): Promise<void>;
+  /**
+   * Optional: the cache hands the store its error reporter here. A store whose same-tick calls must not throw
+   * (they run inside a render) reports their failures through it, so they reach the `error` event.
+   */
+  reportTo?(report: (err: unknown) => void): void;
   close(): Promise<void>;
 }
 

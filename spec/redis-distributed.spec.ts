@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { createClient } from '@redis/client';
-import { createEngine, type Engine } from '../lib';
+import { createEngine, createStore, type Engine } from '../lib';
 import type { RedisStore } from '../lib/stores/redis';
 import { describeWith, need, privateRedis, redis, uniquePrefix, until, type TestServer } from './support/servers';
 
@@ -139,6 +139,35 @@ describeWith(need(redis, true), 'Redis: round trips and stampedes (private serve
     // a cleared cache is cleared in every L1 too.
     await b.cache.clear();
     await until('the clear to reach a’s L1', async () => (await a.renderString(PAGE, { v: 'c' })) === expectedPage('c'), 1000, 5);
+  });
+
+  it('fixed: an invalidation from a process without an L1 (or the CLI) reaches the L1 of the others', async () => {
+    const p = uniquePrefix('l1mix');
+    const a = await ready(createEngine({ store: `${server.url}?l1=1`, prefix: p }));
+    const plain = await ready(createEngine({ store: server.url, prefix: p }));
+    engines.push(a, plain);
+    await until('the L1 subscription', async () => Number((await admin.pubSubNumSub('fragcache:l1'))['fragcache:l1']) >= 1);
+    await a.renderString(PAGE, { v: 'x' });
+    expect(await a.renderString(PAGE, { v: 'y' })).toBe(expectedPage('x'));
+    await plain.invalidateTag('nothing-tagged'); // unrelated
+    await plain.invalidate('item', [5]);
+    await until('the invalidation to reach a’s L1', async () => (await a.renderString(PAGE, { v: 'w' })).includes('[5:w]'), 1000, 5);
+  });
+
+  it('fixed: the L1 bound (ttlMs) holds in a render loop that never yields to the event loop', async () => {
+    const p = uniquePrefix('l1ttl');
+    const a = await ready(createEngine({ store: createStore(server.url, { l1: { ttlMs: 300 } }), prefix: p }));
+    engines.push(a);
+    await until('the L1 subscription', async () => Number((await admin.pubSubNumSub('fragcache:l1'))['fragcache:l1']) >= 1);
+    await a.renderString(PAGE, { v: 'x' });
+    expect(await a.renderString(PAGE, { v: 'y' })).toBe(expectedPage('x'));
+    // A tag version changes without a message (as if the message were lost): written behind the store's back.
+    await admin.set(`${p}:tag:v/item/=n7;`, 'fc1{"created":1,"expires":null}\nchanged');
+    const start = Date.now();
+    let html = '';
+    while (!html.includes('[7:z]') && Date.now() - start < 3000) html = await a.renderString(PAGE, { v: 'z' }); // no yield
+    expect(html).toContain('[7:z]');
+    expect(Date.now() - start).toBeLessThan(1500);
   });
 
   it('200 concurrent cold renders over 10 engines (as 10 processes) render each fragment once', async () => {

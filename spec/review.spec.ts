@@ -496,3 +496,46 @@ describe('second review: error reports', () => {
     for (const m of messages.filter((x) => !/^rows\.njk:3/.test(x))) expect(m).toMatch(/^rows\.njk: cache "row" \(line 2, column \d+\): boom \(the same fragment failed in a concurrent render\)/);
   });
 });
+
+describe('second review: stores', () => {
+  test('fixed: a Keyv whose namespace equals the cache prefix caches (Keyv namespaces single and batch keys differently)', async () => {
+    const engine = createEngine({ views: [], store: new KeyvStore(new Keyv({ namespace: 'fc' }), { shared: false }) });
+    const errors: Error[] = [];
+    engine.on('error', (e) => errors.push(e));
+    let n = 0;
+    const render = () => engine.renderString('<% cache 60 box %>{{ f() }}<% endcache %>', { f: () => ++n });
+    expect([await render(), await render(), await render()]).toEqual(['1', '1', '1']);
+    await engine.invalidate('box');
+    expect(await render()).toBe('2');
+    expect(errors).toEqual([]);
+  });
+
+  test.each([
+    ['the memory store', () => new MemoryStore()],
+    ['an async store', () => keyvStore()],
+  ])('fixed: a render that fails stores nothing, not even the fragments that completed before the error, on %s', async (_what, store) => {
+    const shared = store();
+    const engine = createEngine({ views: [], store: shared });
+    const tpl = '<% cache 60 a %>{{ a }}<% endcache %><% cache 60 b %>{{ b() }}<% endcache %>';
+    await expect(engine.renderString(tpl, { a: 'A1', b: () => { throw new Error('boom'); } })).rejects.toThrow(/boom/);
+    // Another engine on the same store (no in-process memo of this one's renders): it finds nothing stored.
+    const other = createEngine({ views: [], store: shared });
+    expect(await other.renderString(tpl, { a: 'A2', b: () => 'B' })).toBe('A2B');
+  });
+
+  test('fixed: earlyRefresh works on the memory store too (the render that hits a due entry refreshes it)', async () => {
+    const busy = () => {
+      const end = performance.now() + 3;
+      while (performance.now() < end);
+      return '';
+    };
+    let n = 0;
+    const render = (engine: ReturnType<typeof createEngine>) => engine.renderString('<% cache 600 box %>{{ busy() }}{{ f() }}<% endcache %>', { busy, f: () => ++n });
+    const eager = createEngine({ views: [], earlyRefresh: 1e12 }); // so large that a costly entry is always due
+    expect(await render(eager)).toBe('1');
+    expect(await render(eager)).toBe('2');
+    const off = createEngine({ views: [] });
+    expect(await render(off)).toBe('3');
+    expect(await render(off)).toBe('3');
+  });
+});

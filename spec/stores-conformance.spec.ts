@@ -151,6 +151,33 @@ for (const b of backends) {
       expect(await store.getMany([`${p}:1:g`])).toEqual([undefined]);
     });
 
+    it('fixed: garbage (or another format) under a tag version key is replaced, and fragments cache again', async () => {
+      const engine = createEngine({ views: [], store: url, prefix: p });
+      let n = 0;
+      const render = async () => (await engine.explainString('<% cache 60 box %>{{ f() }}<% endcache %>', { f: () => ++n })).fragments[0].status;
+      try {
+        expect(await render()).toBe('miss');
+        const tagKey = `${p}:tag:n/box`;
+        if (b.name === 'redis') {
+          const c = createClient({ url });
+          await c.connect();
+          await c.set(tagKey, 'fc2{"created":1}\nfrom a future version');
+          await c.quit();
+        } else if (b.name === 'sqlite') {
+          (store as SqliteStore).db.prepare('UPDATE fragcache SET value = ? WHERE key = ?').run('garbage', tagKey);
+        } else {
+          const ms = store as MemcacheStore;
+          const gen = (await ms.client.get(`${p}:__gen`)).value!.toString();
+          await ms.client.set(`${gen}/${tagKey}`, 'garbage', { expires: 0 });
+        }
+        expect(await render()).toBe('miss'); // the old entry's tag version is unreadable: never served
+        expect(await render()).toBe('hit');
+        expect(n).toBe(2);
+      } finally {
+        await engine.close();
+      }
+    });
+
     it('lock: one owner at a time, released only by its token, and it expires by itself', async () => {
       const k = `${p}:lock:frag`;
       const t1 = await store.lock!(k, 1000);
@@ -231,7 +258,38 @@ describe('sqlite store across connections', () => {
     await s.close();
   });
 
+  it('fixed: an invalidation the database cannot write (locked by another process) rejects, and the error is reported', async () => {
+    const file = path.join(tmp, 'locked.db');
+    const engine = createEngine({ views: [], store: `sqlite://${file}` });
+    const errors: Error[] = [];
+    engine.on('error', (e) => errors.push(e));
+    let n = 0;
+    const tpl = '<% cache 60 box tags=["t"] %>{{ f() }}<% endcache %>';
+    expect(await engine.renderString(tpl, { f: () => ++n })).toBe('1');
+    const other = new SqliteStore(file);
+    other.db.exec('BEGIN IMMEDIATE');
+    try {
+      await expect(engine.invalidateTag('t')).rejects.toThrow(/database is locked/);
+      await expect(engine.invalidate('box')).rejects.toThrow(/database is locked/);
+      // A render still works (uncached writes are reported, not thrown).
+      expect(await engine.renderString('<% cache 60 cold %>{{ f() }}<% endcache %>', { f: () => ++n })).toBe('2');
+      expect(errors.some((e) => /database is locked/.test(e.message))).toBe(true);
+    } finally {
+      other.db.exec('COMMIT');
+      await other.close();
+    }
+    await engine.invalidateTag('t');
+    expect(await engine.renderString(tpl, { f: () => ++n })).toBe('3');
+    await engine.close();
+  });
+
   it('rejects a bad URL or table name with a typed error naming it', () => {
+    expect(() => createStore('redis://')).toThrow(/option "store".*expected a host/);
+    expect(() => createStore('redis://127.0.0.1:6379/abc')).toThrow(/database number/);
+    expect(() => createStore('memcache://127.0.0.1:notaport')).toThrow(/option "store".*bad server/);
+    expect(() => createStore('memcache://127.0.0.1:0')).toThrow(/option "store".*bad port/);
+    fs.writeFileSync(path.join(tmp, 'a-file'), '');
+    expect(() => createStore(`sqlite://${path.join(tmp, 'a-file')}/sub.db`)).toThrow(/option "store".*cannot open the database/);
     expect(() => createStore('sqlite://')).toThrow(/option "store".*sqlite:\/\//);
     expect(() => new SqliteStore(path.join(tmp, 'x.db'), { table: 'x; drop' })).toThrow(/option "table"/);
   });

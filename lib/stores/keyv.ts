@@ -40,9 +40,19 @@ export class KeyvStore implements Store {
     this.shared = options.shared ?? !(this.keyv.store instanceof Map);
   }
 
+  /**
+   * Keyv 5 namespaces a single key unless it already starts with `namespace:`, but always namespaces the keys of
+   * its array methods: with a namespace equal to the cache's prefix, the two would address different keys. Then
+   * use the single-key methods only (as `set` and `add` do).
+   */
+  private clash(keys: readonly string[]): boolean {
+    const ns = (this.keyv as { namespace?: string }).namespace;
+    return !!ns && keys.some((k) => k.startsWith(`${ns}:`));
+  }
+
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
     if (!keys.length) return [];
-    const raw = (await this.keyv.getMany([...keys])) as unknown[];
+    const raw = (this.clash(keys) ? await Promise.all(keys.map((k) => this.keyv.get(k))) : await this.keyv.getMany([...keys])) as unknown[];
     return raw.map((r) => (r === undefined || r === null ? undefined : decodeEntry(r)));
   }
 
@@ -71,7 +81,9 @@ export class KeyvStore implements Store {
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {
-    if (keys.length) await this.keyv.delete([...keys]);
+    if (!keys.length) return;
+    if (this.clash(keys)) await Promise.all(keys.map((k) => this.keyv.delete(k)));
+    else await this.keyv.delete([...keys]);
   }
 
   async clear(prefix: string): Promise<number | undefined> {

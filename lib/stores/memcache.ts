@@ -116,8 +116,18 @@ export class MemcacheStore implements Store {
   }
 
   private async fetch(keys: readonly string[], gens: Map<string, string>): Promise<(Entry | undefined)[]> {
-    const got = await Promise.all(keys.map((k) => this.client.get(this.realKey(k, gens.get(MemcacheStore.namespace(k))!))));
-    return got.map((g) => (g.value ? decodeEntry(g.value.toString('utf8')) : undefined));
+    const got = await Promise.allSettled(keys.map((k) => this.client.get(this.realKey(k, gens.get(MemcacheStore.namespace(k))!))));
+    // With several servers, one that is down costs its own keys only: they read as misses (and are reported).
+    const failed = got.find((g): g is PromiseRejectedResult => g.status === 'rejected');
+    if (failed && got.every((g) => g.status === 'rejected')) throw failed.reason;
+    if (failed) this.reporter?.(failed.reason);
+    return got.map((g) => (g.status === 'fulfilled' && g.value.value ? decodeEntry(g.value.value.toString('utf8')) : undefined));
+  }
+
+  private reporter: ((err: unknown) => void) | undefined;
+
+  reportTo(report: (err: unknown) => void): void {
+    this.reporter = report;
   }
 
   async setMany(writes: readonly StoreWrite[]): Promise<void> {
@@ -177,6 +187,11 @@ export class MemcacheStore implements Store {
 export function memcacheFromUrl(url: string, options: Record<string, unknown> = {}): MemcacheStore {
   const m = /^memcache:\/\/([^/?#]+)\/?(?:\?(.*))?$/i.exec(url);
   if (!m) throw new OptionError('store', url, 'expected memcache://host:port[,host:port]');
+  for (const server of m[1].split(',')) {
+    const port = /:(\d*)$/.exec(server)?.[1];
+    if (port !== undefined && !(Number(port) > 0 && Number(port) < 65536)) throw new OptionError('store', url, `bad port in "${server}": expected host:port with a port from 1 to 65535`);
+    if (port === undefined && /:/.test(server.replace(/^\[.*\]/, ''))) throw new OptionError('store', url, `bad server "${server}": expected host:port`);
+  }
   const q = new URLSearchParams(m[2] ?? '');
   const timeoutMs = options.timeoutMs ?? (q.has('timeout') ? Number(q.get('timeout')) : undefined);
   return new MemcacheStore(m[1], { ...(options as MemcacheStoreOptions), timeoutMs: timeoutMs as number | undefined });

@@ -137,13 +137,16 @@ export class RedisStore implements Store {
     this.client.on('ready', settle);
     this.client.on('error', settle);
     void this.firstAttempt.then(() => (this.firstAttempt = undefined));
-    this.client.connect().catch((err: Error) => ((this.lastError = err), settle()));
+    // A cluster or sentinel client emits no 'ready': its connect() resolving ends the first attempt too.
+    this.client.connect().then(settle, (err: Error) => ((this.lastError = err), settle()));
     this.channel = `${options.namespace ?? 'fragcache'}:l1`;
     if (options.l1) {
       const o = options.l1 === true ? {} : options.l1;
       const max = o.maxEntries ?? 10_000;
       if (!Number.isSafeInteger(max) || max <= 0) throw new OptionError('l1.maxEntries', max, 'expected a whole number > 0');
-      this.l1 = new LRUCache<string, Entry>({ max, ttl: positive('l1.ttlMs', o.ttlMs, 5000) });
+      // ttlResolution 0: a render loop whose reads are all L1 hits never yields to the event loop, and lru-cache's
+      // clock (refreshed by a timer) would then stand still: the ttlMs bound must hold anyway.
+      this.l1 = new LRUCache<string, Entry>({ max, ttl: positive('l1.ttlMs', o.ttlMs, 5000), ttlResolution: 0 });
       this.subscribe(options.onError);
     }
   }
@@ -188,15 +191,21 @@ export class RedisStore implements Store {
       .catch((err: Error) => onError?.(err));
   }
 
-  /** Tells every process's L1 (this one's too) that these keys changed. */
-  private async publish(keys: readonly string[]): Promise<void> {
-    if (!this.l1) return;
-    this.l1Seq++;
-    for (const k of keys) {
-      if (k.endsWith('*')) this.l1.clear();
-      else this.l1.delete(k);
+  /**
+   * Tells every process's L1 (this one's too) that these keys changed. Every store publishes, with an L1 or not
+   * (a plain process or the CLI may invalidate what another process holds in its L1); fragment writes are left
+   * out when this store has no L1 (an L1 checks entries against tag versions, whose writes are published).
+   */
+  private async publish(keys: readonly string[], what: 'write' | 'delete' = 'delete'): Promise<void> {
+    if (this.l1) {
+      this.l1Seq++;
+      for (const k of keys) {
+        if (k.endsWith('*')) this.l1.clear();
+        else this.l1.delete(k);
+      }
     }
-    await this.client.publish(this.channel, JSON.stringify(keys));
+    const sent = this.l1 || what === 'delete' ? keys : keys.filter((k) => k.includes(':tag:'));
+    if (sent.length) await this.client.publish(this.channel, JSON.stringify(sent));
   }
 
   private firstAttempt: Promise<void> | undefined;
@@ -204,6 +213,8 @@ export class RedisStore implements Store {
   /** Resolves once the first connection attempt is over (at once after that). */
   private async connected(): Promise<void> {
     if (this.firstAttempt) await this.firstAttempt;
+    // Disconnected: fail at once with the reason (a wrong password, a refused connection), not "client is offline".
+    if (this.client.isReady === false && this.lastError) throw new Error(`Redis is not connected: ${this.lastError.message}`, { cause: this.lastError });
   }
 
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
@@ -237,13 +248,13 @@ export class RedisStore implements Store {
     // Commands sent in one tick go out as one pipeline (one round trip), and work across cluster slots.
     await this.connected();
     await Promise.all(writes.map((w) => this.client.set(w.key, encodeEntry(w.entry), w.ttlMs ? { PX: Math.max(1, Math.ceil(w.ttlMs)) } : undefined)));
-    await this.publish(writes.map((w) => w.key));
+    await this.publish(writes.map((w) => w.key), 'write');
   }
 
   async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
     await this.connected();
     const r = await this.client.set(key, encodeEntry(entry), ttlMs ? { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) } : { NX: true });
-    if (r === 'OK') await this.publish([key]);
+    if (r === 'OK') await this.publish([key], 'write');
     return r === 'OK';
   }
 
@@ -323,6 +334,10 @@ export function redisFromUrl(url: string, options: Record<string, unknown> = {})
     parsed = new URL(url);
   } catch {
     throw new OptionError('store', url, 'expected a Redis URL like redis://host:6379');
+  }
+  if (options.connect === undefined) {
+    if (!parsed.hostname) throw new OptionError('store', url, 'expected a host, as in redis://host:6379 (or the connect option for Cluster and Sentinel)');
+    if (!/^\/?\d*$/.test(parsed.pathname)) throw new OptionError('store', url, 'the path must be a database number, as in redis://host:6379/2');
   }
   const q = parsed.searchParams;
   const opts: RedisStoreOptions = {

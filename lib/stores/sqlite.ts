@@ -16,7 +16,7 @@ import type { Store, StoreWrite, SyncStore } from '../store';
 export interface SqliteStoreOptions {
   /** Table name (default `fragcache`). */
   table?: string;
-  /** How long a writer waits for another process's write lock, ms (default 1000). */
+  /** How long a writer waits for another process's write lock, ms (default 100). The wait blocks the event loop (the driver is synchronous), so keep it near the cache's time budget. */
   busyTimeoutMs?: number;
   /** Delete expired rows about once per this many writes (default 1000). */
   pruneEvery?: number;
@@ -42,10 +42,14 @@ export class SqliteStore implements Store {
   constructor(file: string, options: SqliteStoreOptions = {}) {
     const table = options.table ?? 'fragcache';
     if (!/^[A-Za-z_][A-Za-z0-9_]{0,63}$/.test(table)) throw new OptionError('table', table, 'expected a SQL identifier (letters, digits, "_")');
-    const busy = options.busyTimeoutMs ?? 1000;
+    const busy = options.busyTimeoutMs ?? 100;
     this.pruneEvery = options.pruneEvery ?? 1000;
-    if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-    this.db = new Database(file, { timeout: busy });
+    try {
+      if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+      this.db = new Database(file, { timeout: busy });
+    } catch (err) {
+      throw new OptionError('store', `sqlite://${file}`, `cannot open the database: ${(err as Error).message}`);
+    }
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL'); // a cache: losing the last writes on power loss is acceptable
     this.db.exec(`CREATE TABLE IF NOT EXISTS ${table} (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires INTEGER) WITHOUT ROWID`);
@@ -68,7 +72,10 @@ export class SqliteStore implements Store {
       for (const w of writes) this.put(w.key, w.entry, w.ttlMs);
     });
     this.setManyTx = setMany;
-    const onError = options.onError ?? (() => undefined);
+    const onError = (err: Error) => {
+      options.onError?.(err);
+      this.reporter?.(err);
+    };
     // Renders call these inside a synchronous pass: a failure must be a miss, never an exception.
     const safe = <A extends unknown[], R>(fn: (...a: A) => R, fallback: R) => (...a: A): R => {
       try {
@@ -93,6 +100,11 @@ export class SqliteStore implements Store {
   }
 
   private readonly setManyTx: (writes: readonly StoreWrite[]) => void;
+  private reporter: ((err: unknown) => void) | undefined;
+
+  reportTo(report: (err: unknown) => void): void {
+    this.reporter = report;
+  }
 
   private put(key: string, entry: Entry, ttlMs: number | null): void {
     if (ttlMs !== null && ttlMs <= 0) return;

@@ -173,3 +173,39 @@ export async function until(what: string, check: () => boolean | Promise<boolean
     await new Promise((r) => setTimeout(r, every));
   }
 }
+
+/** A private 3-master Redis Cluster on free loopback ports (for the Cluster specs). */
+export async function privateRedisCluster(): Promise<{ nodes: string[]; stop(): Promise<void> }> {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { execFileSync } = await import('node:child_process');
+  const dir = mkdtempSync(`${tmpdir()}/fragcache-cluster-`);
+  const children: ChildProcess[] = [];
+  const ports: number[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const port = await freePort();
+      const child = spawn(REDIS_BIN, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--cluster-enabled', 'yes', '--cluster-config-file', `${dir}/nodes-${port}.conf`, '--dir', dir], { stdio: 'ignore' });
+      children.push(child);
+      ports.push(port);
+      await waitForPort(port, child, 'redis-server (cluster)');
+    }
+    execFileSync('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: 'ignore' });
+    await until('the cluster to be ready', () => ports.every((p) => /cluster_state:ok/.test(execFileSync('redis-cli', ['-p', String(p), 'cluster', 'info']).toString())), 10_000, 100);
+  } catch (err) {
+    for (const c of children) c.kill('SIGKILL');
+    throw err;
+  }
+  return {
+    nodes: ports.map((p) => `redis://127.0.0.1:${p}`),
+    async stop() {
+      await Promise.all(children.map(async (c) => {
+        if (c.exitCode === null && c.signalCode === null) {
+          c.kill('SIGKILL');
+          await once(c, 'exit');
+        }
+      }));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
