@@ -539,3 +539,16 @@ describe('second review: stores', () => {
     expect(await render(off)).toBe('3');
   });
 });
+
+describe('second review: keyv-file', () => {
+  test('fixed: two keyv-file adapters on one file (they would overwrite each other) are refused; one adapter may be shared', async () => {
+    const { KeyvFile } = await import('keyv-file');
+    const dir = views({});
+    const file = `${dir}/cache.json`;
+    const a = new KeyvFile({ filename: file });
+    const engine = createEngine({ views: [], store: new KeyvStore(new Keyv({ store: a })) });
+    expect(await engine.renderString('<% cache 60 box %>x<% endcache %>')).toBe('x');
+    expect(() => new KeyvStore(new Keyv({ store: a }))).not.toThrow();
+    expect(() => createEngine({ views: [], store: new KeyvStore(new Keyv({ store: new KeyvFile({ filename: file }) })) })).toThrow(/option "store".*already uses this file/);
+  });
+});

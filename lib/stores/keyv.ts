@@ -4,8 +4,10 @@
  * serializer is bypassed, so what the backend holds is exactly {@link encodeEntry}'s output.
  * @module
  */
+import path from 'node:path';
 import Keyv, { type KeyvStoreAdapter } from 'keyv';
 import { decodeEntry, encodeEntry, type Entry } from '../entry';
+import { OptionError } from '../errors';
 import type { Store, StoreWrite } from '../store';
 
 /** Options of {@link KeyvStore}. */
@@ -14,6 +16,22 @@ export interface KeyvStoreOptions {
   kind?: string;
   /** True when several processes may share the backend (default: true unless it is Keyv's in-memory Map). */
   shared?: boolean;
+}
+
+/**
+ * keyv-file adapters by file, in this process: two adapters on one file each keep their own copy of the data and
+ * overwrite each other's writes, so a second one is refused (the same adapter may be shared).
+ */
+const keyvFiles = new Map<string, WeakRef<object>>();
+function claimKeyvFile(adapter: unknown): void {
+  const file = (adapter as { opts?: { filename?: unknown } } | undefined)?.opts?.filename;
+  if (typeof file !== 'string' || (adapter as object).constructor?.name !== 'KeyvFile') return;
+  const resolved = path.resolve(file);
+  const holder = keyvFiles.get(resolved)?.deref();
+  if (holder && holder !== adapter) {
+    throw new OptionError('store', file, 'another keyv-file adapter in this process already uses this file, and the two would overwrite each other\'s data: share one adapter, or use sqlite://');
+  }
+  keyvFiles.set(resolved, new WeakRef(adapter as object));
 }
 
 /**
@@ -30,6 +48,7 @@ export class KeyvStore implements Store {
       keyvOrAdapter instanceof Keyv
         ? keyvOrAdapter
         : new Keyv({ store: keyvOrAdapter as KeyvStoreAdapter, namespace: 'fragcache' });
+    claimKeyvFile(this.keyv.store);
     // fragcache writes strings in its own format, so an in-process Map needs no JSON envelope around them.
     // Adapters (Redis, SQLite…) need a string from Keyv: keep Keyv's serializer for them.
     if (this.keyv.store instanceof Map) {
