@@ -4,7 +4,8 @@
  * screenshot), live reload on template and data changes, and error pages.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -21,11 +22,11 @@ if (!haveChromium) {
 const describeBrowser = haveChromium ? describe : describe.skip;
 
 /** Starts `fragcache serve --port 0` on a copy of templates/ and resolves with its URL once it listens. */
-function startServer(views: string): Promise<{ url: string; child: ChildProcess; log: () => string }> {
+function startServer(views: string, extra: string[] = []): Promise<{ url: string; child: ChildProcess; log: () => string }> {
   return new Promise((resolve, reject) => {
     const env = { ...process.env };
     delete env.FRAGCACHE_STORE;
-    const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--views', views], { cwd: views, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--views', views, ...extra], { cwd: views, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
@@ -194,4 +195,132 @@ describeBrowser('fragcache serve in Chromium', () => {
     await page.close();
     expect(server.log()).toMatch(/GET \/page\?fragcache=debug → page\.njk .*\(4 hit, 0 miss, 0 stale\)/);
   }, 60_000);
+});
+
+/** GET over plain HTTP: status and body. */
+function get(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(url, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      })
+      .on('error', reject);
+  });
+}
+
+/** The server's live-reload stream: `next(file)` resolves on the next `reload` event for a file with that name. */
+async function events(base: string): Promise<{ next(file: string): Promise<{ event: string; file: string }>; close(): void }> {
+  const waiting: { file: string; resolve: (e: { event: string; file: string }) => void }[] = [];
+  let buffer = '';
+  const req = http.get(`${base}__fragcache/events`);
+  const res = await new Promise<http.IncomingMessage>((resolve, reject) => req.once('response', resolve).once('error', reject));
+  res.setEncoding('utf8');
+  res.on('data', (chunk: string) => {
+    buffer += chunk;
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = /^event: reload\ndata: (.*)$/m.exec(block);
+      if (!data) continue;
+      const e = JSON.parse(data[1]) as { event: string; file: string };
+      const i = waiting.findIndex((w) => path.basename(e.file) === w.file);
+      if (i >= 0) waiting.splice(i, 1)[0].resolve(e);
+    }
+  });
+  return {
+    next: (file) => new Promise((resolve) => waiting.push({ file, resolve })),
+    close: () => req.destroy(),
+  };
+}
+
+/** Replaces a file in one step (write elsewhere, then rename), so the watcher never sees it half written. */
+function replace(file: string, edit: (text: string) => string): void {
+  const text = edit(readFileSync(file, 'utf8'));
+  const tmp = path.join(mkdtempSync(path.join(tmpdir(), 'fragcache-edit-')), path.basename(file));
+  writeFileSync(tmp, text);
+  renameSync(tmp, file);
+}
+
+/** Fragment statuses of a `?fragcache=debug` page, in page order. */
+const statuses = (html: string) =>
+  [...html.matchAll(/<fragcache-fragment\b([^>]*)>/g)].map((m) => `${/ data-name="([^"]*)"/.exec(m[1])?.[1]} ${/ data-status="([^"]*)"/.exec(m[1])?.[1]}`);
+
+describe('fragcache serve: live reload shows what changed (no browser needed)', () => {
+  const servers: ChildProcess[] = [];
+  afterAll(async () => {
+    for (const c of servers) await stop(c);
+  });
+
+  async function start(extra: string[] = []) {
+    const views = mkdtempSync(path.join(tmpdir(), 'fragcache-serve-fresh-'));
+    cpSync(path.join(ROOT, 'templates'), views, { recursive: true });
+    const server = await startServer(views, extra);
+    servers.push(server.child);
+    const stream = await events(server.url);
+    return { views, server, stream };
+  }
+
+  test('fixed: after a data file or an included partial changes, the reloaded page shows it (cached fragments are emptied before the reload event)', async () => {
+    const { views, server, stream } = await start();
+    try {
+      const page = `${server.url}page?fragcache=debug`;
+      expect((await get(page)).body).toContain('You have 3 unread messages.');
+      const hit = await get(page);
+      expect(statuses(hit.body)).toEqual(['nav hit', 'front-page hit', 'popular hit', 'sidebar hit']);
+
+      // Data inside a cached fragment whose key does not change (the sidebar varies on user.id only).
+      const reloadedData = stream.next('page.yaml');
+      replace(path.join(views, 'data', 'page.yaml'), (t) => t.replace('unread: 3', 'unread: 42'));
+      expect(await reloadedData).toMatchObject({ event: 'change' });
+      const afterData = await get(page);
+      expect(afterData.body).toContain('You have 42 unread messages.');
+      expect(afterData.body).not.toContain('You have 3 unread messages.');
+      expect(statuses(afterData.body)).toContain('sidebar miss');
+
+      // A partial included inside a cached fragment (nav), whose own block source does not change.
+      const reloadedPartial = stream.next('nav.njk');
+      replace(path.join(views, 'partials', 'nav.njk'), (t) => t.replace('<nav>', '<nav class="edited">'));
+      await reloadedPartial;
+      const afterPartial = await get(`${server.url}page`);
+      expect(afterPartial.body).toContain('<nav class="edited">');
+      // And the page is cached again from then on.
+      expect(statuses((await get(page)).body)).toEqual(['nav hit', 'front-page hit', 'popular hit', 'sidebar hit']);
+    } finally {
+      stream.close();
+    }
+  }, 30_000);
+
+  test('fixed: on a shared store (SQLite), a change deletes only the entries this server rendered; other keys under the prefix stay', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-serve-sqlite-'));
+    const store = `sqlite://${path.join(dir, 'cache.db')}`;
+    // Another process's entry under the same prefix.
+    writeFileSync(path.join(dir, 'p.njk'), '<% cache 600 elsewhere %>not this server\'s<% endcache %>');
+    const other = spawn(process.execPath, [BIN, 'preview', 'p.njk', '--views', dir, '--store', store], { stdio: 'ignore', cwd: dir });
+    await new Promise((resolve) => other.once('exit', resolve));
+    const { views, server, stream } = await start(['--store', store]);
+    try {
+      const page = `${server.url}page?fragcache=debug`;
+      await get(page);
+      expect(statuses((await get(page)).body)).toEqual(['nav hit', 'front-page hit', 'popular hit', 'sidebar hit']);
+      const reloaded = stream.next('page.yaml');
+      replace(path.join(views, 'data', 'page.yaml'), (t) => t.replace('name: Ada', 'name: Grace'));
+      await reloaded;
+      const after = await get(page);
+      expect(after.body).toContain('Hello, Grace.');
+      expect(statuses(after.body).filter((s) => s.endsWith(' hit'))).toEqual([]);
+      const keys = await new Promise<string>((resolve) => {
+        const c = spawn(process.execPath, [BIN, 'keys', 'elsewhere', '--store', store], { cwd: dir, stdio: ['ignore', 'pipe', 'ignore'] });
+        let out = '';
+        c.stdout.on('data', (d) => (out += d));
+        c.on('close', () => resolve(out));
+      });
+      expect(keys).toMatch(/^fc:1:f:elsewhere\//m);
+    } finally {
+      stream.close();
+    }
+  }, 30_000);
 });

@@ -11,7 +11,7 @@ import chokidar from 'chokidar';
 import type { Engine } from '../engine';
 import { OptionError } from '../errors';
 import type { FragmentTrace } from '../render';
-import { loadConfig, type ConfigFlags } from './config';
+import { isMemory, loadConfig, type ConfigFlags } from './config';
 import { dataFileFor, loadData } from './data';
 import * as fmt from './format';
 import { CliError, colorsFor, formatError } from './io';
@@ -96,6 +96,8 @@ export async function serve(options: ServeOptions): Promise<void> {
   const log = colorsFor(process.stderr);
   engine.on('error', (e) => process.stderr.write(`${log.yellow('warning')}: ${e.message}\n`));
   const clients = new Set<http.ServerResponse>();
+  /** Renders in progress: a change waits for them, so none stores what changed after the cache was emptied. */
+  const inflight = new Set<Promise<unknown>>();
 
   const server = http.createServer((req, res) => {
     void handle(req, res).catch((err) => {
@@ -130,7 +132,9 @@ export async function serve(options: ServeOptions): Promise<void> {
     try {
       const dataFile = dataFileFor(dataDir, template);
       const data = dataFile ? loadData(dataFile) : {};
-      const result = await engine.explain(template, data, { annotate: debug });
+      const rendering = engine.explain(template, data, { annotate: debug });
+      inflight.add(rendering);
+      const result = await rendering.finally(() => inflight.delete(rendering));
       let html = result.html;
       if (debug) html = inject(inject(html, DEBUG_CSS, 'head'), debugPanel(result.fragments));
       send(200, html);
@@ -143,10 +147,45 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
   }
 
-  // Reload every open page when a template or a data file changes.
+  // A fragment's key changes with its block's source, not with its data or with the templates it
+  // includes: after a change, cached fragments would be served stale until their TTL. So every change
+  // empties what this server cached before the pages reload. The in-process memory store is emptied
+  // whole; on a shared store only the entries this server rendered or served are deleted (whatever
+  // else is under the prefix belongs to other processes).
+  const memory = isMemory(config.store);
+  const seen = new Set<string>();
+  if (!memory) for (const ev of ['hit', 'miss', 'stale', 'store'] as const) engine.on(ev, (e) => void seen.add(e.key));
+  async function forget(): Promise<void> {
+    if (memory) {
+      for (const cache of new Set(engine.caches.values())) await cache.clear();
+      return;
+    }
+    const keys = [...seen];
+    seen.clear();
+    for (let i = 0; i < keys.length; i += 500) {
+      const batch = keys.slice(i, i + 500);
+      try {
+        await engine.cache.guard.run('deleteMany', () => engine.cache.store.deleteMany(batch));
+      } catch (err) {
+        for (const k of keys.slice(i)) seen.add(k); // tried again on the next change
+        throw err;
+      }
+    }
+  }
+
+  // Reload every open page when a template or a data file changes, once the cache no longer holds what changed.
   const watcher = chokidar.watch([...config.views, dataDir].filter((p) => existsSync(p)), { ignoreInitial: true, ignored: /(^|[/\\])(\.|node_modules)/ });
+  let changes = Promise.resolve();
   watcher.on('all', (event, file) => {
-    for (const c of clients) c.write(`event: reload\ndata: ${JSON.stringify({ event, file: path.relative(process.cwd(), file) })}\n\n`);
+    changes = changes.then(async () => {
+      try {
+        await Promise.allSettled([...inflight]);
+        await forget();
+      } catch (err) {
+        process.stderr.write(`${log.yellow('warning')}: could not empty the cache after ${path.relative(process.cwd(), file)} changed: ${(err as Error)?.message ?? err}\n`);
+      }
+      for (const c of clients) c.write(`event: reload\ndata: ${JSON.stringify({ event, file: path.relative(process.cwd(), file) })}\n\n`);
+    });
   });
   await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
 
