@@ -1,26 +1,20 @@
 /**
  * The store commands (keys, inspect, invalidate, stats, clear) and preview on a shared store, run as
- * subprocesses against a real Redis: `REDIS_URL` when set, else a private `redis-server` on a free
- * loopback port. Every run uses its own key prefix and never touches keys it did not write.
+ * subprocesses against a real Redis (spec/support/servers.ts: `REDIS_URL` when set, else a private
+ * `redis-server` on a free loopback port) and on SQLite files. Every run uses its own key prefix and
+ * never touches keys it did not write.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createClient } from '@redis/client';
-import { encodeEntry } from '../lib/entry';
+import { encodeEntry, type Entry } from '../lib/entry';
+import { varyPart } from '../lib/keys';
+import { describeWith, freePort, need, redis as redisServer, uniquePrefix, type TestServer } from './support/servers';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'dist', 'cli', 'index.js');
-const REDIS_SERVER = '/usr/bin/redis-server';
-const canRun = Boolean(process.env.REDIS_URL) || existsSync(REDIS_SERVER);
-if (!canRun) {
-  if (process.env.CI === 'true') throw new Error(`no Redis for the store-command tests: set REDIS_URL or install redis-server (${REDIS_SERVER})`);
-  console.warn(`SKIPPED: the CLI store-command tests need a Redis (REDIS_URL, or ${REDIS_SERVER})`);
-}
-const describeRedis = canRun ? describe : describe.skip;
-
 interface Run {
   code: number | null;
   stdout: string;
@@ -45,32 +39,6 @@ function run(args: string[], options: { cwd: string; tty?: boolean; store?: stri
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** A private redis-server; resolves once it accepts connections (its own "Ready" line, no polling). */
-async function privateRedis(): Promise<{ url: string; child: ChildProcess }> {
-  const port = await freePort();
-  const child = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d) => {
-      out += d;
-      if (/Ready to accept connections/.test(out)) resolve();
-    });
-    child.on('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${out}`)));
-  });
-  return { url: `redis://127.0.0.1:${port}`, child };
 }
 
 /** A thin Store over @redis/client, for when the built-in Redis store is absent. */
@@ -121,17 +89,17 @@ function writeConfig(dir: string, url: string, prefix: string): Mode {
   return mode;
 }
 
-describeRedis('store commands against a real Redis', () => {
-  let redis: { url: string; child?: ChildProcess };
+describeWith(need(redisServer), 'store commands against a real Redis', () => {
+  let redis: TestServer;
   let client: ReturnType<typeof createClient>;
   let dir: string;
-  const prefix = `clitest${process.pid}x${Date.now().toString(36)}`;
+  const prefix = uniquePrefix('cli');
   const cli = (...args: string[]) => run(args, { cwd: dir });
   const preview = () => cli('preview', 'page.njk', '--data', path.join(ROOT, 'templates', 'data', 'page.yaml'), '--explain');
   const statusOf = (stderr: string, name: string) => stderr.split('\n').filter((l) => l.trim().replace(/^└ /, '').startsWith(`${name} `)).map((l) => / (hit|miss|stale) /.exec(l)?.[1]);
 
   beforeAll(async () => {
-    redis = process.env.REDIS_URL ? { url: process.env.REDIS_URL } : await privateRedis();
+    redis = await redisServer.get!();
     client = createClient({ url: redis.url });
     await client.connect();
     dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-store-'));
@@ -148,13 +116,7 @@ describeRedis('store commands against a real Redis', () => {
       if (mine.length) await client.del(mine);
       await client.quit();
     }
-    if (redis?.child) {
-      const child = redis.child;
-      await new Promise((resolve) => {
-        child.once('exit', resolve);
-        child.kill('SIGTERM');
-      });
-    }
+    await redis?.stop(); // a private server only: a shared one (REDIS_URL) is left running
   });
 
   test('preview on the shared store: the first process misses, a second process hits', async () => {
@@ -180,9 +142,10 @@ describeRedis('store commands against a real Redis', () => {
     const cards = await cli('keys', 'article-*');
     expect(cards.code).toBe(0);
     const lines = cards.stdout.trim().split('\n');
-    expect(lines[0].split(/\s{2,}/)).toEqual(['key', 'kind', 'size', 'ttl left', 'age']);
+    expect(lines[0].split(/\s{2,}/)).toEqual(['key', 'kind', 'size', 'ttl left', 'age', 'name / url']);
     expect(lines.slice(1, -1)).toHaveLength(3);
     expect(lines.slice(1, -1).every((l) => l.startsWith(`${prefix}:1:f:article-card/`) && / fragment /.test(l))).toBe(true);
+    expect(lines[1]).toMatch(/ article-card \(1, "2026-11-20T10:00:00Z"\)$/);
     expect(lines.at(-1)).toBe('3 keys');
     const tags = await cli('keys', `${prefix}:tag:t/*`, '--json');
     expect((JSON.parse(tags.stdout) as { key: string }[]).map((r) => r.key).sort()).toEqual(['articles', 'article:1', 'article:2', 'article:3'].map((t) => `${prefix}:tag:t/=s${t.length}:${t}`).sort());
@@ -304,4 +267,101 @@ describe('an unreachable store', () => {
       expect(Date.now() - started).toBeLessThan(8000);
     }
   }, 60_000);
+});
+
+describe('store commands on a SQLite file', () => {
+  const TEMPLATES = path.join(ROOT, 'templates');
+  // The built store factory, as the CLI itself uses it (the specs run the built CLI).
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { createStore } = require(path.join(ROOT, 'dist', 'index.js')) as {
+    createStore(s: string): { setMany(w: { key: string; entry: Entry; ttlMs: number | null }[]): Promise<void>; close(): Promise<void> };
+  };
+  const tmp = () => mkdtempSync(path.join(tmpdir(), 'fragcache-cli-sqlite-'));
+
+  test('fixed: keys, inspect, stats, invalidate and clear never create a missing SQLite file: exit 1 naming it', async () => {
+    const dir = tmp();
+    const db = path.join(dir, 'nonexistent-dir', 'x.db');
+    for (const args of [['keys'], ['inspect', 'nav'], ['stats'], ['invalidate', 'nav'], ['invalidate', '--tag', 'articles'], ['clear']]) {
+      const r = await run([...args, '--store', `sqlite://${db}`], { cwd: dir });
+      expect([args, r.code, r.stdout]).toEqual([args, 1, '']);
+      expect(r.stderr).toBe(
+        `error: SQLite database not found: ${db} (store sqlite://${db}, from --store). keys, inspect, invalidate, stats and clear read an existing database and never create one: check the path.\n`,
+      );
+    }
+    // A relative path is the working directory's; the message names the file and where the store came from.
+    const rel = await run(['keys'], { cwd: dir, store: 'sqlite://cache.db' });
+    expect([rel.code, rel.stderr]).toEqual([1, expect.stringContaining(`SQLite database not found: ${path.join(dir, 'cache.db')} (store sqlite://cache.db, from FRAGCACHE_STORE)`)]);
+    const inMemory = await run(['stats', '--store', 'sqlite://:memory:'], { cwd: dir });
+    expect([inMemory.code, inMemory.stderr]).toEqual([1, expect.stringMatching(/^error: the configured store sqlite:\/\/:memory: \(from --store\) is an in-process SQLite database/)]);
+    expect(readdirSync(dir)).toEqual([]); // no folder, no database, no journal
+  });
+
+  test('fixed: options after the values of --tag parse as options; --tag=-x names a tag that starts with "-"', async () => {
+    const dir = tmp();
+    const store = `sqlite://${path.join(dir, 'cache.db')}`;
+    const mine = uniquePrefix('tag');
+    const made = await run(['preview', 'page.njk', '--views', TEMPLATES, '--data', path.join(TEMPLATES, 'data', 'page.yaml'), '--store', store, '--prefix', mine], { cwd: dir });
+    expect(made.code).toBe(0);
+    const r = await run(['invalidate', '--tag', 'articles', 'article:2', '--prefix', mine, '--store', store], { cwd: dir });
+    expect([r.code, r.stdout, r.stderr]).toEqual([0, 'invalidated everything tagged "articles", "article:2"\n', '']);
+    const dash = await run(['invalidate', `--tag=-x`, '--prefix', mine, '--store', store], { cwd: dir });
+    expect([dash.code, dash.stdout]).toEqual([0, 'invalidated everything tagged "-x"\n']);
+    const keys = JSON.parse((await run(['keys', `${mine}:tag:t/*`, '--prefix', mine, '--store', store, '--json'], { cwd: dir })).stdout) as { key: string; name: string }[];
+    expect(keys.map((k) => k.name)).toEqual(expect.arrayContaining(['tag:articles', 'tag:article:2', 'tag:-x']));
+    // Nothing went to the default prefix: --prefix was an option, not a tag.
+    expect((await run(['keys', '--store', store, '--json'], { cwd: dir })).stdout).toBe('[]\n');
+    const front = JSON.parse((await run(['inspect', 'front-page', '--prefix', mine, '--store', store, '--json'], { cwd: dir })).stdout) as { valid: boolean; reason: string }[];
+    expect(front[0]).toMatchObject({ valid: false, reason: expect.stringMatching(/^invalidated \(tag:article(s|:2) changed\)$/) });
+  });
+
+  test('fixed: keys and stats label whole-page entries as pages with a readable URL, and p/ tags as URL tags', async () => {
+    const dir = tmp();
+    const file = path.join(dir, 'pages.db');
+    const pfx = uniquePrefix('pg');
+    const now = Date.now();
+    const entry = (body: string, meta: Record<string, unknown>, tags?: string[]): Entry => ({ body, created: now, expires: now + 600_000, meta, tags });
+    // The layout of lib/page/cache.ts: `<base>ph:<url part>` lists the varied headers, `<base>pg:<url part>/<vary part>` is the page.
+    const bob = varyPart(['', 'http', 'localhost:3000', '/render?user=bob']);
+    const longUrl = `/articles/${'x'.repeat(80)}?page=2`;
+    const long = varyPart(['', 'https', 'example.com', longUrl]);
+    const urlTag = `${pfx}:tag:p/${varyPart(['/render?user=bob'])}`;
+    const store = createStore(`sqlite://${file}`);
+    await store.setMany([
+      { key: `${pfx}:1:ph:${bob}`, entry: entry('', { vary: ['accept-language'] }), ttlMs: 600_000 },
+      {
+        key: `${pfx}:1:pg:${bob}/${varyPart([[['accept-language', 'en']], undefined])}`,
+        entry: entry('<p>bob</p>', { status: 200, headers: {}, vary: ['accept-language'], etag: '"1"', url: '/render?user=bob' }, [urlTag, 'v1']),
+        ttlMs: 600_000,
+      },
+      { key: `${pfx}:1:pg:${long}/${varyPart([[], undefined])}`, entry: entry('<p>long</p>', { status: 200, headers: {}, vary: [], etag: '"2"', url: longUrl }), ttlMs: 600_000 },
+      { key: urlTag, entry: { body: 'v1', created: now, expires: null }, ttlMs: null },
+    ]);
+    await store.close();
+    expect(long.startsWith('#')).toBe(true); // a long URL is hashed in the key: the entry gives it back
+
+    const cmd = (...args: string[]) => run([...args, '--store', `sqlite://${file}`, '--prefix', pfx], { cwd: dir });
+    const rows = JSON.parse((await cmd('keys', '--json')).stdout) as { key: string; kind: string; name?: string; url?: string | null; vary?: unknown }[];
+    const byKind = (kind: string) => rows.filter((r) => r.kind === kind);
+    expect(byKind('other')).toEqual([]);
+    expect(byKind('page').map((r) => r.url).sort()).toEqual([longUrl, 'http://localhost:3000/render?user=bob']);
+    expect(byKind('page').find((r) => r.url!.startsWith('http'))!.vary).toEqual([[['accept-language', 'en']], null]);
+    expect(byKind('page-vary').map((r) => r.url)).toEqual(['http://localhost:3000/render?user=bob']);
+    expect(byKind('tag').map((r) => r.name)).toEqual(['url:/render?user=bob']);
+
+    const table = (await cmd('keys')).stdout.split('\n');
+    expect(table.find((l) => l.includes(':pg:=') && / page /.test(l))).toMatch(/ http:\/\/localhost:3000\/render\?user=bob \(accept-language: en\)$/);
+    expect(table.find((l) => l.includes(':ph:'))).toMatch(/ page-vary .* http:\/\/localhost:3000\/render\?user=bob$/);
+    expect(table.find((l) => l.includes(':tag:p/'))).toMatch(/ tag .* url:\/render\?user=bob$/);
+    // A pattern matches a page's path and query as well as its key.
+    const matched = JSON.parse((await cmd('keys', '/render*', '--json')).stdout) as { kind: string }[];
+    expect(matched.map((r) => r.kind)).toEqual(['page']);
+
+    const stats = JSON.parse((await cmd('stats', '--json')).stdout);
+    expect(stats.kinds).toEqual({ page: expect.objectContaining({ entries: 2 }), 'page-vary': expect.objectContaining({ entries: 1 }), tag: expect.objectContaining({ entries: 1 }) });
+    expect(Object.keys(stats.pages).sort()).toEqual([longUrl, 'http://localhost:3000/render?user=bob']);
+    const text = (await cmd('stats')).stdout;
+    expect(text).toMatch(/^page +2 +\d+ B/m);
+    expect(text).toMatch(/^http:\/\/localhost:3000\/render\?user=bob +1 +10 B/m);
+    expect(text).not.toMatch(/^other /m);
+  });
 });

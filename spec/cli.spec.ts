@@ -186,13 +186,54 @@ describe('errors: file:line:column, the offending line, exit 1, no stack unless 
     writeFileSync(path.join(d, 'bad.json'), '{"a":');
     const badJson = await cli(['preview', 'page.njk', '--data', path.join(d, 'bad.json')]);
     expect(badJson.code).toBe(1);
-    expect(badJson.stderr).toMatch(/bad\.json: invalid JSON: /);
+    expect(badJson.stderr).toMatch(/bad\.json:1:6: invalid JSON: Unexpected end of JSON input\n 1 \| \{"a":\n/);
   });
 
   test('an unknown store scheme names the option and the value', async () => {
     const r = await cli(['preview', 'page.njk', '--store', 'bogus://x']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^error: option "store": expected "memory" or a URL with a known scheme .*got "bogus:\/\/x"\n$/);
+  });
+
+  test('fixed: --views=dir (the = form) quotes the file and the offending line, as --views dir does', async () => {
+    const expected = `error: ${rel('syntax.njk')}:3:9: unexpected token: %>\n 3 |   <% if %>x<% endif %>\n   |         ^\n`;
+    const eq = await cli(['preview', 'syntax.njk', `--views=${dir}`]);
+    expect([eq.code, eq.stderr]).toEqual([1, expected]);
+    const deps = await cli(['deps', 'syntax.njk', `--views=${dir}`]);
+    expect(deps.code).toBe(1);
+    expect(deps.stderr).toContain(`${rel('syntax.njk')}:3:`);
+    expect(deps.stderr).toContain(' 3 |   <% if %>x<% endif %>');
+    // Views from a --config file (not the working directory's config) locate the file too.
+    const cfgDir = tmp();
+    writeFileSync(path.join(cfgDir, 'other.json'), JSON.stringify({ views: dir }));
+    const viaConfig = await cli(['preview', 'syntax.njk', `--config=${path.join(cfgDir, 'other.json')}`]);
+    expect([viaConfig.code, viaConfig.stderr]).toEqual([1, expected]);
+    const debug = await cli(['preview', 'syntax.njk', `--views=${dir}`, '--debug']);
+    expect(debug.stderr).toMatch(/\n\s+at /);
+  });
+
+  test('fixed: a YAML data file error is a clean file:line:column: message, with the offending line', async () => {
+    const d = tmp();
+    writeFileSync(path.join(d, 'bad.yaml'), 'a: 1\nb: [unclosed\n');
+    const r = await cli(['preview', path.join(ROOT, 'templates', 'page.njk'), '--data', 'bad.yaml'], { cwd: d });
+    expect(r.code).toBe(1);
+    // An unclosed bracket is reported at the end of the input: just after the last character.
+    expect(r.stderr).toBe('error: data file bad.yaml:2:13: invalid YAML: Flow sequence in block collection must be sufficiently indented and end with a ]\n 2 | b: [unclosed\n   |             ^\n');
+    writeFileSync(path.join(d, 'nested.yml'), 'a: 1\n  b: 2\n');
+    const nested = await cli(['preview', 'page.njk', '--data', 'nested.yml', '--views', path.join(ROOT, 'templates')], { cwd: d });
+    expect([nested.code, nested.stderr]).toEqual([1, 'error: data file nested.yml:1:4: invalid YAML: Nested mappings are not allowed in compact mappings\n 1 | a: 1\n   |    ^\n']);
+    expect(r.stderr + nested.stderr).not.toMatch(/column \d+:|\n\s+at /);
+  });
+
+  test('fixed: a JSON data file error has its line and column too, even where V8 gives no position', async () => {
+    const d = tmp();
+    writeFileSync(path.join(d, 'bad.json'), '{\n  "a": 1,\n  "b": }\n');
+    const r = await cli(['preview', 'page.njk', '--data', 'bad.json', '--views', path.join(ROOT, 'templates')], { cwd: d });
+    expect([r.code, r.stderr]).toEqual([1, `error: data file bad.json:3:8: invalid JSON: Unexpected token '}'\n 3 |   "b": }\n   |        ^\n`]);
+    writeFileSync(path.join(d, 'cut.json'), '{"a": [1, 2');
+    const cut = await cli(['preview', 'page.njk', '--data', 'cut.json', '--views', path.join(ROOT, 'templates')], { cwd: d });
+    expect(cut.code).toBe(1);
+    expect(cut.stderr).toMatch(/^error: data file cut\.json:1:12: invalid JSON: [^\n]+\n 1 \| \{"a": \[1, 2\n {3}\| {12}\^\n$/);
   });
 });
 
@@ -223,11 +264,26 @@ describe('usage: --help, --version, exit code 2', () => {
     [['frobnicate'], /unknown command 'frobnicate'/],
     [['invalidate'], /missing fragment name/],
     [['invalidate', 'x', '--tag', 'y'], /a fragment name or --tag, not both/],
+    [['invalidate', '--tag'], /--tag <tag\.\.\.>' needs at least one tag name/],
     [[], /Usage: fragcache/],
   ])('%j is a usage error: exit 2', async (args, message) => {
     const r = await cli(args as string[]);
     expect(r.code).toBe(2);
     expect(r.stderr + r.stdout).toMatch(message);
+  });
+});
+
+describe('invalidate --tag', () => {
+  test('fixed: an option right after --tag is a usage error (exit 2), not a tag named "--prefix"', async () => {
+    const d = tmp();
+    const db = path.join(d, 'cache.db');
+    const r = await cli(['invalidate', '--tag', '--prefix', 'mine', '--store', `sqlite://${db}`]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^error: option '-t, --tag <tag\.\.\.>' needs at least one tag name right after it \(other options go before --tag or after its tags; write a tag that starts with "-" as --tag=-x\)\n/);
+    expect(r.stdout).toBe('');
+    expect(existsSync(db)).toBe(false); // nothing was opened, let alone invalidated
+    const dash = await cli(['invalidate', '--tag', '-x', '--store', `sqlite://${db}`]);
+    expect([dash.code, dash.stderr]).toEqual([2, "error: unknown option '-x'\n(add --help for usage)\n"]);
   });
 });
 
@@ -320,18 +376,48 @@ describe('configuration', () => {
     expect(fromFlag.stderr).toMatch(/configured store is "memory"/);
   });
 
+  test('fixed: the memory-store message names where the store came from: --store, FRAGCACHE_STORE, the config file, or the default', async () => {
+    const dir = tmp();
+    const said = async (args: string[], env: Record<string, string> = {}, cwd = dir) => /configured store is "memory" \(([^)]*)\)/.exec((await cli(args, { cwd, env })).stderr)?.[1];
+    writeFileSync(path.join(dir, 'fragcache.config.json'), JSON.stringify({ store: 'memory' }));
+    expect(await said(['keys', '--store', 'memory'], { FRAGCACHE_STORE: 'redis://127.0.0.1:1' })).toBe('from --store');
+    expect(await said(['stats'], { FRAGCACHE_STORE: 'memory' })).toBe('from FRAGCACHE_STORE');
+    expect(await said(['clear'])).toBe('from fragcache.config.json');
+    expect(await said(['keys'], {}, tmp())).toBe('the default: no --store, FRAGCACHE_STORE or "store" in a config file');
+    const pkgDir = tmp();
+    writeFileSync(path.join(pkgDir, 'package.json'), JSON.stringify({ name: 'x', fragcache: { store: 'memory' } }));
+    expect(await said(['inspect', 'nav'], {}, pkgDir)).toBe('from package.json "fragcache"');
+  });
+
   test('bad configuration names the file and the option', async () => {
     const dir = tmp();
     writeFileSync(path.join(dir, 'fragcache.config.json'), JSON.stringify({ syntax: 'square' }));
     const r = await cli(['preview', 'p.njk'], { cwd: dir });
-    expect([r.code, r.stderr]).toEqual([1, 'error: option "fragcache.config.json: syntax": expected "angle" or "curly", got "square"\n']);
+    expect([r.code, r.stderr]).toEqual([1, 'error: fragcache.config.json:1:2: option "syntax": expected "angle" or "curly", got "square"\n 1 | {"syntax":"square"}\n   |  ^\n']);
     writeFileSync(path.join(dir, 'fragcache.config.json'), JSON.stringify({ colour: 'red' }));
     const unknown = await cli(['preview', 'p.njk'], { cwd: dir });
-    expect(unknown.stderr).toMatch(/fragcache\.config\.json: unknown option "colour"/);
+    expect(unknown.stderr).toMatch(/^error: fragcache\.config\.json:1:2: unknown option "colour" .*\n 1 \| \{"colour":"red"\}\n {3}\| {2}\^\n$/);
     writeFileSync(path.join(dir, 'fragcache.config.json'), '{ nope');
     const broken = await cli(['preview', 'p.njk'], { cwd: dir });
     expect(broken.code).toBe(1);
-    expect(broken.stderr).toMatch(/cannot read .*fragcache\.config\.json/);
+    expect(broken.stderr).toBe("error: fragcache.config.json:1:3: invalid JSON: Expected property name or '}'\n 1 | { nope\n   |   ^\n");
+  });
+
+  test('fixed: every config error is file:line:column: message and the line, without a stack (JS configs and package.json too)', async () => {
+    const dir = tmp();
+    writeFileSync(path.join(dir, 'fragcache.config.js'), "module.exports = {\n  views: 'a' 'b',\n};\n");
+    const syntax = await cli(['preview', 'p.njk'], { cwd: dir });
+    expect([syntax.code, syntax.stderr]).toEqual([1, "error: fragcache.config.js:2:14: cannot load the config: Unexpected string\n 2 |   views: 'a' 'b',\n   |              ^\n"]);
+    writeFileSync(path.join(dir, 'fragcache.config.js'), 'const x = 1;\nmodule.exports = { views: nope };\n');
+    const thrown = await cli(['preview', 'p.njk'], { cwd: dir });
+    expect([thrown.code, thrown.stderr]).toEqual([1, 'error: fragcache.config.js:2:27: cannot load the config: nope is not defined\n 2 | module.exports = { views: nope };\n   |                           ^\n']);
+    writeFileSync(path.join(dir, 'fragcache.config.js'), "module.exports = { prefix: 3 };\n");
+    const jsValue = await cli(['preview', 'p.njk'], { cwd: dir });
+    expect([jsValue.code, jsValue.stderr]).toEqual([1, 'error: fragcache.config.js: option "prefix": expected a string, got 3\n']);
+    const pkgDir = tmp();
+    writeFileSync(path.join(pkgDir, 'package.json'), '{\n  "name": "x",\n  "prefix": "not this one",\n  "fragcache": { "prefix": 3 }\n}\n');
+    const pkg = await cli(['preview', 'p.njk'], { cwd: pkgDir });
+    expect([pkg.code, pkg.stderr]).toEqual([1, 'error: package.json:4:18: option "prefix": expected a string, got 3\n 4 |   "fragcache": { "prefix": 3 }\n   |                  ^\n']);
   });
 });
 
@@ -339,7 +425,7 @@ describe('store commands on the memory store', () => {
   test.each([['keys'], ['inspect', 'nav'], ['invalidate', 'nav'], ['invalidate', '--tag', 'a'], ['stats'], ['clear']])('%j explains that an in-process store cannot be inspected, exit 1', async (...args) => {
     const r = await cli(args);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^error: the configured store is "memory" \(from defaults\): an in-process store .* cannot inspect or invalidate it\. Point the CLI at a shared store with --store redis:\/\//);
+    expect(r.stderr).toMatch(/^error: the configured store is "memory" \(the default: [^)]*\): an in-process store .* cannot inspect or invalidate it\. Point the CLI at a shared store with --store redis:\/\//);
   });
 });
 

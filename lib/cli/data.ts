@@ -1,32 +1,142 @@
 /**
- * Template data from a JSON or YAML file.
+ * Template data from a JSON or YAML file, and JSON files read with the position of their first error.
  * @module
  */
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import { CliError } from './io';
+import { CliError, positionAt, shownPath } from './io';
+
+/**
+ * Offset of the first syntax error in a JSON text (V8's messages give none for some errors, such as
+ * `Unexpected token '}', "…" is not valid JSON`), or undefined when it parses.
+ */
+export function jsonErrorOffset(text: string): number | undefined {
+  let i = 0;
+  const fail = (at = i): never => {
+    throw at;
+  };
+  const ws = () => {
+    while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+  };
+  const literal = (word: string) => {
+    for (const ch of word) if (text[i++] !== ch) fail(i - 1);
+  };
+  const string = () => {
+    i++; // opening quote
+    for (;;) {
+      if (i >= text.length) fail();
+      const ch = text[i];
+      if (ch === '"') return void i++;
+      if (ch < ' ') fail();
+      if (ch === '\\') {
+        i++;
+        if (text[i] === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 1, i + 5))) fail();
+          i += 5;
+        } else if (i < text.length && '"\\/bfnrt'.includes(text[i])) i++;
+        else fail();
+      } else i++;
+    }
+  };
+  const value = (): void => {
+    ws();
+    const ch = text[i];
+    if (ch === '{') {
+      i++;
+      ws();
+      if (text[i] === '}') return void i++;
+      for (;;) {
+        ws();
+        if (text[i] !== '"') fail();
+        string();
+        ws();
+        if (text[i] !== ':') fail();
+        i++;
+        value();
+        ws();
+        if (text[i] === ',') i++;
+        else if (text[i] === '}') return void i++;
+        else fail();
+      }
+    }
+    if (ch === '[') {
+      i++;
+      ws();
+      if (text[i] === ']') return void i++;
+      for (;;) {
+        value();
+        ws();
+        if (text[i] === ',') i++;
+        else if (text[i] === ']') return void i++;
+        else fail();
+      }
+    }
+    if (ch === '"') return string();
+    if (ch === 't') return literal('true');
+    if (ch === 'f') return literal('false');
+    if (ch === 'n') return literal('null');
+    const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i, i + 400));
+    if (!m || !m[0] || m[0] === '-') fail();
+    i += m![0].length;
+  };
+  try {
+    value();
+    ws();
+    if (i < text.length) fail();
+    return undefined;
+  } catch (at) {
+    if (typeof at !== 'number') throw at;
+    return at;
+  }
+}
+
+/**
+ * Parses a JSON file's text. A syntax error is a {@link CliError} `<what> file:line:column: invalid JSON: …`
+ * that quotes the offending line.
+ */
+export function parseJson(file: string, text: string, what = ''): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    // V8: "Unexpected token '}', "{"a":}" is not valid JSON" / "… in JSON at position 11": keep the reason only.
+    const reason = (err as Error).message.replace(/, (?:\.\.\.)?"[\s\S]*"(?:\.\.\.)? is not valid JSON$/, '').replace(/ in JSON at position \d+.*$/s, '');
+    const offset = jsonErrorOffset(text);
+    if (offset === undefined) throw new CliError(`${what}${shownPath(file)}: invalid JSON: ${reason}`, 1, { cause: err });
+    // An error at the end of the input points just after the last character, not at an empty last line.
+    const { line, column } = positionAt(text, Math.min(offset, text.trimEnd().length));
+    throw new CliError(`${what}${shownPath(file)}:${line}:${column}: invalid JSON: ${reason}`, 1, { cause: err, at: { file, line, column } });
+  }
+}
 
 /** Reads a `.json`, `.yaml` or `.yml` file holding an object (the template context). */
 export function loadData(file: string): Record<string, unknown> {
-  const shown = path.relative(process.cwd(), file) || file;
+  const shown = shownPath(file);
   if (!existsSync(file)) throw new CliError(`data file not found: ${shown}`);
   const ext = path.extname(file).toLowerCase();
   if (!['.json', '.yaml', '.yml'].includes(ext)) throw new CliError(`data file ${shown}: expected a .json, .yaml or .yml file`);
-  const text = readFileSync(file, 'utf8');
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new CliError(`cannot read data file ${shown}: ${(err as Error).message}`, 1, { cause: err });
+  }
   let value: unknown;
   if (ext === '.json') {
-    try {
-      value = text.trim() ? JSON.parse(text) : {};
-    } catch (err) {
-      throw new CliError(`data file ${shown}: invalid JSON: ${(err as Error).message}`, 1, { cause: err });
-    }
+    value = text.trim() ? parseJson(file, text, 'data file ') : {};
   } else {
     const doc = YAML.parseDocument(text, { prettyErrors: true });
     if (doc.errors.length) {
       const e = doc.errors[0];
+      // prettyErrors appends " at line L, column C:" and a code frame; the position goes in front instead.
+      const reason = e.message.replace(/ at line \d+, column \d+:[\s\S]*$/, '').split('\n')[0];
       const at = e.linePos?.[0];
-      throw new CliError(`data file ${shown}${at ? `:${at.line}:${at.col}` : ''}: invalid YAML: ${e.message.split('\n')[0]}`, 1, { cause: e });
+      if (!at) throw new CliError(`data file ${shown}: invalid YAML: ${reason}`, 1, { cause: e });
+      // An error at the end of the input (an unclosed bracket) points just after the last character.
+      let { line, col } = at;
+      const end = positionAt(text, text.trimEnd().length);
+      if (line > end.line || (line === end.line && col > end.column)) ({ line, column: col } = end);
+      throw new CliError(`data file ${shown}:${line}:${col}: invalid YAML: ${reason}`, 1, { cause: e, at: { file, line, column: col } });
     }
     value = doc.toJS() ?? {};
   }

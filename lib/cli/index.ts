@@ -40,11 +40,20 @@ function common(cmd: Command, what: { views?: boolean; syntax?: boolean } = {}):
 
 /** Builds the program. Commands load their modules lazily, so `--help` stays fast. */
 export function program(): Command {
-  const p = new Command('fragcache')
-    .description('Preview Nunjucks templates with their cache fragments, and inspect or invalidate a fragcache store.')
+  return build(new Command('fragcache'));
+}
+
+/** The options of the command that last ran its action (for the error handler: views, config, debug). */
+const ran: { opts?: Record<string, unknown> } = {};
+
+function build(p: Command): Command {
+  p.description('Preview Nunjucks templates with their cache fragments, and inspect or invalidate a fragcache store.')
     .version(version(), '-V, --version', 'print the version')
     .showHelpAfterError('(add --help for usage)')
     .configureHelp({ showGlobalOptions: true })
+    .hook('preAction', (_root, action) => {
+      ran.opts = action.opts();
+    })
     .addHelpText(
       'after',
       `
@@ -158,7 +167,9 @@ Examples:
       .description('drop a fragment (every variant, or one with vary values) or everything tagged with a tag')
       .argument('[name]', 'fragment name')
       .argument('[vary...]', 'vary values of one variant (strings; with --json parsed as JSON)')
-      .option('-t, --tag <tag...>', 'invalidate everything tagged with these tags instead')
+      // Optional value: `--tag --prefix x` then parses --prefix as an option (and fails: no tag), instead of
+      // taking "--prefix" as a tag name. A tag that starts with "-" is written --tag=-x.
+      .addOption(new Option('-t, --tag [tag...]', 'invalidate everything tagged with these tags instead (one or more; write a tag that starts with "-" as --tag=-x)'))
       .option('--json', 'parse vary values as JSON'),
   )
     .addHelpText(
@@ -167,7 +178,8 @@ Examples:
 Examples:
   $ fragcache invalidate front-page             # every variant, and every fragment containing one
   $ fragcache invalidate sidebar 7 --json       # the variant that varies on the number 7
-  $ fragcache invalidate --tag article:1 articles`,
+  $ fragcache invalidate --tag article:1 articles
+  $ fragcache invalidate --prefix shop --tag article:1   # options go before --tag or after its tags`,
     )
     .action(async (name: string | undefined, vary: string[], opts, cmd: Command) => (await import('./store-commands')).invalidate(name, vary, opts, cmd));
 
@@ -189,6 +201,7 @@ Examples:
 
 /** Runs the CLI; resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  ran.opts = undefined;
   const p = program();
   p.exitOverride();
   for (const c of p.commands) c.exitOverride();
@@ -197,15 +210,16 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    const debug = argv.includes('--debug');
-    // Views come from the same flags the command had, to quote the offending template line.
+    // The options as the command parsed them (`--views dir` and `--views=dir` alike).
+    const opts: Record<string, unknown> = ran.opts ?? {};
+    const debug = opts.debug === true || (!ran.opts && argv.includes('--debug'));
+    // Views come from the same flags and config the command had, to quote the offending template line.
     let views: string[] = [];
     try {
       const { loadConfig } = await import('./config');
-      const i = argv.indexOf('--views');
-      views = loadConfig({ views: i >= 0 ? argv[i + 1] : undefined }).views;
+      views = loadConfig({ views: opts.views as string | undefined, config: opts.config as string | undefined }).views;
     } catch {
-      /* no config: the error is printed without an excerpt */
+      /* a bad config: the error is printed without an excerpt */
     }
     process.stderr.write(`${formatError(err, { views, debug, colors: colorsFor(process.stderr) })}\n`);
     return (err as { exitCode?: number }).exitCode === 2 ? 2 : 1;

@@ -20,16 +20,42 @@ export function colorsFor(stream: NodeJS.WriteStream): Colors {
   return pc.createColors(on);
 }
 
-/** An error of the user's making (a missing file, a bad option, a store that cannot do this): exit 1, no stack. */
+/** A place in a file (1-based line and column), for quoting the offending line under an error. */
+export interface SourcePosition {
+  file: string;
+  line: number;
+  column?: number;
+}
+
+/**
+ * An error of the user's making (a missing file, a bad option, a store that cannot do this): exit 1, no stack.
+ * With `at`, the message starts with `file:line:column: ` and the offending line is quoted under it.
+ */
 export class CliError extends FragcacheError {
+  /** Where in a file the error is (the message already names it). */
+  readonly at?: SourcePosition;
+
   constructor(
     message: string,
     /** Process exit code: 1 for user errors, 2 for usage errors. */
     readonly exitCode: 1 | 2 = 1,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; at?: SourcePosition },
   ) {
     super(message, options);
+    this.at = options?.at;
   }
+}
+
+/** Line and column (1-based) of a character offset in a text. */
+export function positionAt(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, Math.max(0, Math.min(offset, text.length)));
+  const nl = before.lastIndexOf('\n');
+  return { line: before.split('\n').length, column: before.length - nl };
+}
+
+/** A file name as messages show it: relative to the working directory. */
+export function shownPath(file: string): string {
+  return path.relative(process.cwd(), file) || file;
 }
 
 /** Finds a template under the views (first match), for quoting the offending line. */
@@ -72,6 +98,10 @@ export function formatError(err: unknown, options: { views?: readonly string[]; 
     const where = [shown, err.line, err.column].filter((x) => x !== undefined).join(':');
     out = `${label}: ${c.bold(where)}: ${detail}`;
     const ex = file ? excerpt(file, err.line, err.column, c) : undefined;
+    if (ex) out += `\n${ex}`;
+  } else if (err instanceof CliError && err.at) {
+    out = `${label}: ${err.message}`;
+    const ex = excerpt(err.at.file, err.at.line, err.at.column, c);
     if (ex) out += `\n${ex}`;
   } else if (err instanceof FragcacheError) {
     out = `${label}: ${err.message}`;

@@ -2,6 +2,8 @@
  * Opening engines and stores for CLI commands, with a reachability check that names the store.
  * @module
  */
+import { statSync } from 'node:fs';
+import path from 'node:path';
 import { FragmentCache } from '../cache';
 import { createEngine, type Engine } from '../engine';
 import { FragcacheError } from '../errors';
@@ -60,16 +62,57 @@ export async function openEngine(config: CliConfig, extra: { noCache?: boolean }
   return engine;
 }
 
+/** Where the store setting came from, for messages: `from --store`, `from FRAGCACHE_STORE`, `from <file>`, or the default. */
+export function storeOrigin(config: CliConfig): string {
+  return config.storeSource === 'default' ? 'the default: no --store, FRAGCACHE_STORE or "store" in a config file' : `from ${config.storeSource}`;
+}
+
+/**
+ * The database file of a `sqlite://` store URL (as the SQLite store reads it), `:memory:`, or undefined
+ * for other stores.
+ */
+export function sqliteFile(spec: CliConfig['store']): string | undefined {
+  if (typeof spec !== 'string') return undefined;
+  const m = /^sqlite:\/\/([^?#]*)/i.exec(spec);
+  if (!m || !m[1]) return undefined;
+  let file: string;
+  try {
+    file = decodeURIComponent(m[1]);
+  } catch {
+    return undefined; // the store itself reports the malformed URL
+  }
+  return file === ':memory:' ? file : path.resolve(file);
+}
+
 /**
  * The cache for the store commands (keys, inspect, invalidate, stats, clear). The memory store is refused:
- * it lives inside one process, so another process has nothing to look at.
+ * it lives inside one process, so another process has nothing to look at. So is a `sqlite://` file that
+ * does not exist: these commands look at a store, they never create one.
  */
 export async function openCache(config: CliConfig): Promise<FragmentCache> {
   if (isMemory(config.store)) {
     throw new CliError(
-      `the configured store is "memory" (from ${config.source}): an in-process store lives and dies with the process that renders, so another process cannot inspect or invalidate it. ` +
+      `the configured store is "memory" (${storeOrigin(config)}): an in-process store lives and dies with the process that renders, so another process cannot inspect or invalidate it. ` +
         'Point the CLI at a shared store with --store redis://host:6379 (or sqlite://…), FRAGCACHE_STORE, or "store" in fragcache.config.json.',
     );
+  }
+  const db = sqliteFile(config.store);
+  if (db === ':memory:') {
+    throw new CliError(`the configured store ${describeStore(config.store)} (${storeOrigin(config)}) is an in-process SQLite database: another process cannot inspect or invalidate it. Give the path of a database file: sqlite:///path/to/cache.db`);
+  }
+  if (db !== undefined) {
+    let isFile: boolean | undefined;
+    try {
+      isFile = statSync(db).isFile();
+    } catch {
+      isFile = undefined;
+    }
+    if (isFile !== true) {
+      throw new CliError(
+        `${isFile === false ? 'not a file' : 'SQLite database not found'}: ${db} (store ${describeStore(config.store)}, ${storeOrigin(config)}). ` +
+          'keys, inspect, invalidate, stats and clear read an existing database and never create one: check the path.',
+      );
+    }
   }
   let store: Store;
   try {

@@ -76,6 +76,24 @@ function parseVary(values: readonly string[], json: boolean | undefined): unknow
   });
 }
 
+/** What a key is, in a few words: fragment name and vary values, the tag, the value's key, or the page's URL. */
+function about(info: KeyInfo): string {
+  switch (info.kind) {
+    case 'fragment':
+      return info.vary?.length ? `${info.name} (${fmt.vary(info.vary)})` : (info.name ?? '');
+    case 'page':
+    case 'page-vary': {
+      const url = info.url ?? '(hashed URL)';
+      const prefix = info.pagePrefix ? ` [page prefix ${JSON.stringify(info.pagePrefix)}]` : '';
+      const headers = Array.isArray(info.vary?.[0]) ? (info.vary[0] as unknown[]).filter((h): h is [string, unknown] => Array.isArray(h) && h.length === 2) : [];
+      const vary = headers.length ? ` (${headers.map(([h, v]) => `${h}: ${v === null ? '-' : String(v)}`).join(', ')})` : '';
+      return `${url}${prefix}${vary}`;
+    }
+    default:
+      return info.name ?? '';
+  }
+}
+
 /** `fragcache keys [pattern]`. */
 export async function keys(pattern: string | undefined, options: ConfigFlags & { json?: boolean }): Promise<void> {
   await withCache(options, async (cache, config) => {
@@ -83,15 +101,29 @@ export async function keys(pattern: string | undefined, options: ConfigFlags & {
     const match = (k: string) => {
       if (!re) return true;
       const info = keyInfo(k, cache.prefix, cache.version);
-      return re.test(k) || (info.kind === 'fragment' && re.test(info.name!));
+      if (re.test(k) || (info.kind === 'fragment' && re.test(info.name!))) return true;
+      // Pages: the URL, or just its path and query (`fragcache keys '/articles*'`).
+      return info.kind === 'page' && info.url !== undefined && (re.test(info.url) || re.test(info.url.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i, '')));
     };
     const found = await scan(cache, `${cache.prefix}:`, match);
     const entries = await read(cache, found);
     const now = Date.now();
+    const infos: KeyInfo[] = [];
     const rows = found.map((key, i) => {
       const e = entries[i];
-      const info = keyInfo(key, cache.prefix, cache.version);
-      return { key, kind: info.kind, name: info.name, vary: info.vary, size: e?.body.length, ttlLeft: ttlLeft(e, now), age: e ? (now - e.created) / 1000 : undefined };
+      const info = keyInfo(key, cache.prefix, cache.version, e);
+      infos.push(info);
+      return {
+        key,
+        kind: info.kind,
+        name: info.name,
+        ...(info.url !== undefined || info.kind === 'page' || info.kind === 'page-vary' ? { url: info.url ?? null } : {}),
+        ...(info.pagePrefix ? { pagePrefix: info.pagePrefix } : {}),
+        vary: info.vary,
+        size: e?.body.length,
+        ttlLeft: ttlLeft(e, now),
+        age: e ? (now - e.created) / 1000 : undefined,
+      };
     });
     if (options.json) {
       process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
@@ -104,8 +136,15 @@ export async function keys(pattern: string | undefined, options: ConfigFlags & {
     }
     process.stdout.write(
       `${fmt.table(
-        [{ header: 'key' }, { header: 'kind', color: (s) => c.cyan(s) }, { header: 'size', align: 'right' }, { header: 'ttl left', align: 'right' }, { header: 'age', align: 'right' }],
-        rows.map((r) => [r.key, r.kind, r.size === undefined ? '(gone)' : fmt.size(r.size), fmt.seconds(r.ttlLeft), r.age === undefined ? '-' : fmt.seconds(r.age)]),
+        [
+          { header: 'key' },
+          { header: 'kind', color: (s) => c.cyan(s) },
+          { header: 'size', align: 'right' },
+          { header: 'ttl left', align: 'right' },
+          { header: 'age', align: 'right' },
+          { header: 'name / url' },
+        ],
+        rows.map((r, i) => [r.key, r.kind, r.size === undefined ? '(gone)' : fmt.size(r.size), fmt.seconds(r.ttlLeft), r.age === undefined ? '-' : fmt.seconds(r.age), about(infos[i])]),
         c,
       )}\n${c.dim(`${rows.length} key${rows.length === 1 ? '' : 's'}`)}\n`,
     );
@@ -195,18 +234,28 @@ export async function inspect(name: string, vary: string[], options: ConfigFlags
 }
 
 /** `fragcache invalidate <name> [vary…]` or `fragcache invalidate --tag <tag…>`. */
-export async function invalidate(name: string | undefined, vary: string[], options: ConfigFlags & { tag?: string[]; json?: boolean }, cmd?: Command): Promise<void> {
+export async function invalidate(
+  name: string | undefined,
+  vary: string[],
+  options: ConfigFlags & { tag?: string[] | true; json?: boolean },
+  cmd?: Command,
+): Promise<void> {
   const usage = (msg: string): never => {
     if (cmd) cmd.error(`error: ${msg}`, { exitCode: 2, code: 'fragcache.usage' });
     throw new CliError(msg, 2);
   };
-  if (options.tag && name !== undefined) usage('give a fragment name or --tag, not both');
-  if (!options.tag && name === undefined) usage('missing fragment name (or --tag <tag…>)');
+  // `--tag` parses its values as optional, so that `--tag --prefix x` leaves --prefix an option: then no tag was given.
+  if (options.tag === true) {
+    usage('option \'-t, --tag <tag...>\' needs at least one tag name right after it (other options go before --tag or after its tags; write a tag that starts with "-" as --tag=-x)');
+  }
+  const tags = options.tag === true ? undefined : options.tag;
+  if (tags && name !== undefined) usage('give a fragment name or --tag, not both');
+  if (!tags && name === undefined) usage('missing fragment name (or --tag <tag…>)');
   const values = parseVary(vary, options.json);
   await withCache(options, async (cache) => {
-    if (options.tag) {
-      await cache.invalidateTag(...options.tag);
-      process.stdout.write(`invalidated everything tagged ${options.tag.map((t) => JSON.stringify(t)).join(', ')}\n`);
+    if (tags) {
+      await cache.invalidateTag(...tags);
+      process.stdout.write(`invalidated everything tagged ${tags.map((t) => JSON.stringify(t)).join(', ')}\n`);
     } else if (values.length) {
       await cache.invalidate(name!, values);
       process.stdout.write(`invalidated fragment "${name}" with vary ${fmt.vary(values, 200)} (and every fragment containing it)\n`);
@@ -226,6 +275,7 @@ export async function stats(options: ConfigFlags & { json?: boolean }): Promise<
     type Agg = { entries: number; bytes: number; expired: number };
     const kinds: Record<string, Agg> = {};
     const fragments: Record<string, Agg> = {};
+    const pages: Record<string, Agg> = {};
     const add = (map: Record<string, Agg>, k: string, e: Entry) => {
       const a = (map[k] ??= { entries: 0, bytes: 0, expired: 0 });
       a.entries++;
@@ -235,11 +285,12 @@ export async function stats(options: ConfigFlags & { json?: boolean }): Promise<
     found.forEach((key, i) => {
       const e = entries[i];
       if (!e) return; // expired between the scan and the read
-      const info = keyInfo(key, cache.prefix, cache.version);
+      const info = keyInfo(key, cache.prefix, cache.version, e);
       add(kinds, info.kind, e);
       if (info.kind === 'fragment') add(fragments, info.name!, e);
+      if (info.kind === 'page') add(pages, info.url ?? '(hashed URL)', e);
     });
-    const result = { store: describeStore(config.store), prefix: cache.prefix, version: cache.version, keys: found.length, kinds, fragments };
+    const result = { store: describeStore(config.store), prefix: cache.prefix, version: cache.version, keys: found.length, kinds, fragments, pages };
     if (options.json) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
       return;
@@ -251,6 +302,9 @@ export async function stats(options: ConfigFlags & { json?: boolean }): Promise<
     out += `${fmt.table(cols, Object.entries(kinds).map(([k, a]) => row(k, a)), c)}\n`;
     if (Object.keys(fragments).length) {
       out += `\n${fmt.table([{ header: 'fragment' }, ...cols.slice(1)], Object.entries(fragments).sort(([a], [b]) => a.localeCompare(b)).map(([k, a]) => row(k, a)), c)}\n`;
+    }
+    if (Object.keys(pages).length) {
+      out += `\n${fmt.table([{ header: 'page' }, ...cols.slice(1)], Object.entries(pages).sort(([a], [b]) => a.localeCompare(b)).map(([k, a]) => row(k, a)), c)}\n`;
     }
     process.stdout.write(out);
   });
