@@ -118,16 +118,16 @@ export function dependencies(template: string, options: DepsOptions): DepNode {
     if (node instanceof nodes.Include) return pull('include', node, into, stack);
     if (node instanceof nodes.Import || node instanceof nodes.FromImport) return pull('import', node, into, stack);
     if (node instanceof nodes.CallExtension && node.extName === extension) {
-      // Arguments as the tag's parser lays them out: the name first, then …, ttl, [vary], {options} last.
+      // Arguments as the tag's parser lays them out (lib/extension.ts): name, name part, digest, line, column, ttl,
+      // [vary], {options}, [blocks].
       const args = node.args.children;
-      const n = args.length;
       const frag: DepNode = {
         kind: 'cache',
         name: String(args[0].value),
         line: node.args.lineno + 1,
         column: node.args.colno + 1,
-        ttl: expr(args[n - 3]),
-        vary: (args[n - 2]?.children ?? []).map(expr),
+        ttl: expr(args[5]),
+        vary: (args[6]?.children ?? []).map(expr),
         children: [],
       };
       into.push(frag);

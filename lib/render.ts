@@ -178,6 +178,8 @@ export class RenderSession {
   private readonly writtenKeys = new Set<string>();
   /** What this render wrote to same-tick stores at once: taken back if the render fails (see {@link fail}). */
   private readonly syncWritten = new Map<string, FragmentCache>();
+  /** For explain: the fragments traced inside each fragment this render produced (listed again when later passes serve it). */
+  private readonly freshTraces = new Map<string, FragmentTrace[]>();
   /** Fragments of the current pass, when tracing. */
   trace: FragmentTrace[] | undefined;
   private tracing: boolean;
@@ -225,6 +227,7 @@ export class RenderSession {
     this.writes.clear();
     this.writtenKeys.clear();
     this.syncWritten.clear();
+    this.freshTraces.clear();
     this.abandon();
   }
 
@@ -311,7 +314,11 @@ export class RenderSession {
     const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
     if (r.kind === 'hit') {
       this.inherit(spec.cache, r.entry.tags);
-      if (traced) this.traceClose(traced, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
+      if (traced) {
+        this.traceClose(traced, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
+        // Rendered in an earlier pass of this render: list what was rendered inside it then.
+        if (r.fresh) for (const t of this.freshTraces.get(spec.key) ?? []) this.trace!.push({ ...t, depth: depth + t.depth });
+      }
       return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
     const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store };
@@ -361,7 +368,11 @@ export class RenderSession {
     // Output that cannot be tracked (no tag versions) is neither stored nor handed to waiters.
     if (frame.noStore) this.releaseClaim(spec.key, {});
     else this.write(spec, entry);
-    if (traced) this.traceClose(traced, 'miss', started, entry);
+    if (traced) {
+      this.traceClose(traced, 'miss', started, entry);
+      const at = this.trace!.indexOf(traced);
+      this.freshTraces.set(spec.key, this.trace!.slice(at + 1).map((t) => ({ ...t, depth: t.depth - depth }))); // depths relative to it
+    }
     return new SafeString(this.annotating ? annotate(block.name, 'miss', now, out) : out);
   }
 

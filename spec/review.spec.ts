@@ -552,3 +552,15 @@ describe('second review: keyv-file', () => {
     expect(() => createEngine({ views: [], store: new KeyvStore(new Keyv({ store: new KeyvFile({ filename: file }) })) })).toThrow(/option "store".*already uses this file/);
   });
 });
+
+describe('second review: explain on an async store', () => {
+  test('fixed: fragments rendered inside a fragment finished in an earlier pass are still listed, nested', async () => {
+    const page = '<% cache 60 outer %><% for i in [1, 2] %><% cache 60 inner i %>{{ i }}<% endcache %><% endfor %><% endcache %><% cache 60 late %><% cache 60 deep %>d<% endcache %><% endcache %>';
+    const memory = await createEngine({ views: [] }).explainString(page);
+    const keyv = await createEngine({ views: [], store: keyvStore() }).explainString(page);
+    const shape = (x: typeof memory) => x.fragments.map((f) => `${f.depth}:${f.name}:${f.status}`);
+    expect(keyv.passes).toBeGreaterThan(2);
+    expect(shape(keyv)).toEqual(shape(memory));
+    expect(shape(keyv)).toEqual(['0:outer:miss', '1:inner:miss', '1:inner:miss', '0:late:miss', '1:deep:miss']);
+  });
+});
