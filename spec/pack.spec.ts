@@ -66,7 +66,10 @@ describe('npm pack, installed into an empty folder', () => {
     const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
     const check = async (file: string, source: string) => {
       writeFileSync(path.join(app, file), source);
-      const options = { strict: true, noEmit: true, skipLibCheck: true, module: 'commonjs', moduleResolution: 'node', types: [], ignoreDeprecations: '6.0' };
+      // skipLibCheck off: the published .d.ts files must find every type they use among what the package installs
+      // (a consumer brings @types/node, taken here from this repository).
+      const typeRoots = [path.join(app, 'node_modules', '@types'), path.join(ROOT, 'node_modules', '@types')];
+      const options = { strict: true, noEmit: true, skipLibCheck: false, module: 'commonjs', moduleResolution: 'node', types: ['node'], typeRoots, ignoreDeprecations: '6.0' };
       writeFileSync(path.join(app, `tsconfig.${file}.json`), JSON.stringify({ compilerOptions: options, files: [file] }));
       return sh(process.execPath, [tsc, '-p', `tsconfig.${file}.json`], app);
     };
