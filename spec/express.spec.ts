@@ -95,6 +95,37 @@ describe('engine.express(app)', () => {
     await engine.close();
   });
 
+  it('fixed: a res.render callback that throws reaches the error handler (500), never a hung request', async () => {
+    const engine = createEngine({ views: views({ 'ok.njk': 'fine {{ n }}' }) });
+    const app = express();
+    engine.express(app);
+    const warnings = jest.spyOn(process, 'emitWarning');
+    app.get('/cb', (req, res) => res.render('ok', { n: 1 }, () => {
+      throw new Error('callback failed');
+    }));
+    app.get('/cb2', (req, res) => res.render('ok', (err: unknown, html?: string) => {
+      if (err) throw err;
+      throw new Error(`after ${html}`);
+    }));
+    app.get('/fine', (req, res) => res.render('ok', { n: 3 }, (err: unknown, html?: string) => void res.send(html)));
+    const seen: string[] = [];
+    app.use(((err, req, res, _next) => {
+      seen.push((err as Error).message);
+      res.status(500).send('handled');
+    }) as express.ErrorRequestHandler);
+    const s = await serve(app);
+    try {
+      await request(s).get('/cb').timeout(2000).expect(500, 'handled');
+      await request(s).get('/cb2').timeout(2000).expect(500, 'handled');
+      await request(s).get('/fine').expect(200, 'fine 3');
+      expect(seen).toEqual(['callback failed', 'after fine ']);
+      expect(warnings).not.toHaveBeenCalled();
+    } finally {
+      warnings.mockRestore();
+      await engine.close();
+    }
+  });
+
   it('does not load Express when the core is imported', () => {
     const out = execFileSync(process.execPath, ['--import', 'tsx', '-e', "require('./lib/index.ts'); console.log(Object.keys(require.cache).some((k) => /node_modules[\\\\/]express[\\\\/]/.test(k)))"], {
       cwd: path.join(__dirname, '..'),

@@ -4,8 +4,12 @@
  */
 import { once } from 'node:events';
 import http from 'node:http';
+import { createClient } from '@redis/client';
+import express from 'express';
 import request from 'supertest';
 import { createApp } from '../examples/express/server';
+import { createStore, FragmentCache } from '../lib';
+import { cacheMiddleware, cachePage } from '../lib/express';
 import { describeWith, need, privateRedis, redis as redisAvailability, until, type TestServer } from './support/servers';
 
 describeWith(need(redisAvailability, true), 'page cache on Redis (two app instances)', () => {
@@ -56,5 +60,89 @@ describeWith(need(redisAvailability, true), 'page cache on Redis (two app instan
       expect(r.text).toContain('<h1>Article 4</h1>');
       expect(r.headers['x-cache']).toBe('MISS');
     }
+  });
+});
+
+describeWith(need(redisAvailability, true), 'fixed: page cache keys on Redis (review bugs 1, 3 and 6)', () => {
+  let redis: TestServer;
+  let raw: ReturnType<typeof createClient>;
+  const servers: http.Server[] = [];
+  const caches: FragmentCache[] = [];
+  const closers: (() => Promise<void>)[] = [];
+
+  beforeAll(async () => {
+    redis = await privateRedis();
+    raw = createClient({ url: redis.url, socket: { reconnectStrategy: false } });
+    await raw.connect();
+  });
+  afterAll(async () => {
+    for (const s of servers) await new Promise((r) => s.close(r));
+    for (const c of caches) await c.close().catch(() => undefined);
+    for (const close of closers) await close().catch(() => undefined);
+    await raw.quit().catch(() => undefined);
+    await redis.stop();
+  });
+
+  async function serve(app: express.Express): Promise<http.Server> {
+    const s = app.listen(0, '127.0.0.1');
+    servers.push(s);
+    await once(s, 'listening');
+    return s;
+  }
+
+  /** Keys under a prefix with their remaining lifetimes (ms; -1: no expiry). Private server: KEYS is fine. */
+  async function keysWithTtl(prefix: string): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for (const k of await raw.keys(`${prefix}:*`)) out.set(k, await raw.pTTL(k));
+    return out;
+  }
+
+  it('fixed: 50 URLs never stored leave no key; a stored page leaves 3 keys, all expiring', async () => {
+    const prefix = `pk${process.pid}`;
+    const cache = new FragmentCache(createStore(redis.url), { prefix });
+    caches.push(cache);
+    const errors: unknown[] = [];
+    cache.on('error', (e) => errors.push(e));
+    const app = express();
+    app.use(cacheMiddleware({ ttl: 60, store: cache }));
+    app.get('/site/ok', (req, res) => void res.send('ok'));
+    app.get('/site/huge', (req, res) => void res.set('Cache-Control', 'max-age=99999999999999999999').send('huge'));
+    const s = await serve(app);
+    for (let i = 0; i < 50; i++) await request(s).get(`/site/no-such-page-${i}`).expect(404);
+    expect(await keysWithTtl(prefix)).toEqual(new Map());
+
+    const stored = new Promise((r) => cache.once('store', r));
+    await request(s).get('/site/ok').expect(200);
+    await stored;
+    const keys = await keysWithTtl(prefix);
+    expect([...keys.keys()].filter((k) => k.includes(':tag:p/'))).toHaveLength(1);
+    expect(keys.size).toBe(3); // header list, page, URL tag
+    for (const [k, ttl] of keys) expect([k, ttl > 0 && ttl <= 120_000]).toEqual([k, true]);
+    expect((await request(s).get('/site/ok')).headers['x-cache']).toBe('HIT');
+
+    // A max-age too large for Redis' PX is clamped to a year: stored, no store error.
+    const huge = new Promise((r) => cache.once('store', r));
+    const r = await request(s).get('/site/huge').expect(200);
+    expect(r.headers['cache-control']).toBe('max-age=31536000');
+    await huge;
+    expect((await request(s).get('/site/huge')).headers['x-cache']).toBe('HIT');
+    expect(errors).toEqual([]);
+  });
+
+  it('fixed: cachePage({ store: "redis://…", prefix }) keeps its pages and tags under that prefix', async () => {
+    const prefix = `mypages${process.pid}`;
+    const app = express();
+    const mw = cachePage(60, { store: redis.url, prefix, tags: ['news'] });
+    closers.push(() => mw.close());
+    app.get('/p', mw, (req, res) => void res.send('p'));
+    const s = await serve(app);
+    await request(s).get('/p').expect(200);
+    await until('the page to be stored under its prefix', async () => (await keysWithTtl(prefix)).size === 4); // + the "news" tag
+    expect(await raw.keys('fc:*')).toEqual([]);
+    const other = new FragmentCache(createStore(redis.url)); // prefix "fc", as `fragcache clear` would use
+    caches.push(other);
+    await other.invalidateTag('news'); // another prefix's tags are not this one's
+    await other.clear();
+    expect((await request(s).get('/p')).headers['x-cache']).toBe('HIT');
   });
 });

@@ -1,9 +1,10 @@
 /** Whole-page caching rules (Django's cache_page and its 2026 fixes), each over real HTTP. */
 import http from 'node:http';
 import { once } from 'node:events';
+import path from 'node:path';
 import express, { type Express, type RequestHandler } from 'express';
 import request from 'supertest';
-import { createEngine, FragmentCache, MemoryStore, OptionError, type Store } from '../lib';
+import { createEngine, createStore, FragmentCache, MemoryStore, OptionError, type Store } from '../lib';
 import { cacheMiddleware, cachePage, invalidatePage, invalidatePageTag, PageCache, parseVary, type PageMiddleware } from '../lib/express';
 import { views } from './support/views';
 
@@ -373,17 +374,34 @@ describe('cachePage: invalidation', () => {
   });
 });
 
-/** A store whose every call fails (a backend that is down). */
-function downStore(): Store {
-  const fail = async () => {
-    throw new Error('connection refused');
+/**
+ * A store whose every call fails (a backend that is down) until `up()`: its middleware stays registered for
+ * the rest of the file, and `invalidatePage(url)` without a target (which reaches it) must then work.
+ */
+function downStore(): Store & { up(): void } {
+  const inner = new MemoryStore();
+  let down = true;
+  const fail = <T extends unknown[], R>(fn: (...a: T) => Promise<R>) => async (...a: T): Promise<R> => {
+    if (down) throw new Error('connection refused');
+    return fn(...a);
   };
-  return { kind: 'down', shared: true, getMany: fail, setMany: fail, add: fail, deleteMany: fail, clear: fail, close: async () => {} };
+  return {
+    kind: 'down',
+    shared: true,
+    getMany: fail((k) => inner.getMany(k)),
+    setMany: fail((w) => inner.setMany(w)),
+    add: fail((k, e, t) => inner.add(k, e, t)),
+    deleteMany: fail((k) => inner.deleteMany(k)),
+    clear: fail((p) => inner.clear(p)),
+    close: async () => {},
+    up: () => void (down = false),
+  };
 }
 
 describe('cachePage: store failures', () => {
   it('serves the page uncached and reports the error', async () => {
-    const cache = new FragmentCache(downStore(), { guard: { failures: 1000 } as never });
+    const store = downStore();
+    const cache = new FragmentCache(store, { guard: { failures: 1000 } as never });
     const errors: unknown[] = [];
     cache.on('error', (e) => errors.push(e));
     const { server, runs } = await appWith(cachePage(60, { store: cache, tags: ['x'] }), hello);
@@ -391,6 +409,7 @@ describe('cachePage: store failures', () => {
     expect((await request(server).get('/p').expect(200)).text).toBe('hello ');
     expect(runs()).toBe(2);
     expect(errors.length).toBeGreaterThan(0);
+    store.up();
   });
 });
 
@@ -412,5 +431,348 @@ describe('options', () => {
     app.use(((err, req, res, _next) => void res.status(500).send(err.name)) as express.ErrorRequestHandler);
     const s = await serve(app);
     expect((await request(s).get('/p').expect(500)).text).toBe('KeyError');
+  });
+});
+
+// ---------------------------------------------------------------- regressions of the review
+
+/** The same memory store seen as a remote one (no same-tick access), like Redis is. */
+function asyncStore(inner = new MemoryStore()): Store & { inner: MemoryStore } {
+  return {
+    inner,
+    kind: 'async-memory',
+    shared: true,
+    getMany: (k) => inner.getMany(k),
+    setMany: (w) => inner.setMany(w),
+    add: (k, e, t) => inner.add(k, e, t),
+    deleteMany: (k) => inner.deleteMany(k),
+    clear: (p) => inner.clear(p),
+    keys: (p) => inner.keys(p),
+    close: async () => {},
+  };
+}
+
+async function keysOf(store: { keys?(p: string): AsyncIterable<string> }, prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const k of store.keys!(prefix)) out.push(k);
+  return out.sort();
+}
+
+/** Moves Date.now (fragcache's clock for expiry) by hand for the duration of `fn`. */
+async function withClock(fn: (advance: (ms: number) => void) => Promise<void>): Promise<void> {
+  const realNow = Date.now.bind(Date);
+  let offset = 0;
+  const spy = jest.spyOn(Date, 'now').mockImplementation(() => realNow() + offset);
+  try {
+    await fn((ms) => void (offset += ms));
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+describe('fixed: URL tag records (review bug 1)', () => {
+  it.each([
+    ['memory', () => new MemoryStore()],
+    ['async', () => asyncStore()],
+  ])('fixed: requests that are never stored write nothing (%s store)', async (_kind, make) => {
+    const store = make();
+    const cache = new FragmentCache(store);
+    const app = express();
+    app.use(cacheMiddleware({ ttl: 60, store: cache }));
+    app.get('/site/streamed', (req, res) => void (res.write('a'), res.end('b')));
+    const s = await serve(app);
+    for (let i = 0; i < 50; i++) await request(s).get(`/site/no-such-page-${i}`).expect(404);
+    await request(s).get('/site/streamed').expect(200);
+    await request(s).head('/site/streamed').expect(200);
+    expect(await keysOf(store, 'fc:')).toEqual([]);
+  });
+
+  it('fixed: a stored page creates its URL tag record, with a TTL of twice the page TTL', async () => {
+    const store = asyncStore();
+    const { server } = await appWith(cachePage(60, { store: new FragmentCache(store) }), hello);
+    const before = Date.now();
+    await request(server).get('/p').expect(200);
+    await until(async () => (await keysOf(store, 'fc:tag:')).length === 1);
+    const [tagKey] = await keysOf(store, 'fc:tag:');
+    const [record] = await store.getMany([tagKey]);
+    expect(record!.expires! - before).toBeGreaterThanOrEqual(120_000);
+    expect(record!.expires! - Date.now()).toBeLessThanOrEqual(120_000);
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('HIT');
+  });
+
+  it('fixed: invalidatePage while the first page of a URL is produced prevents storing it', async () => {
+    for (const store of [new MemoryStore(), asyncStore()]) {
+      const cache = new FragmentCache(store);
+      let version = 1;
+      const { server, runs } = await appWith(cachePage(60, { store: cache }), async (req, res) => {
+        const seen = version;
+        version++; // an edit lands while this page (showing the old data) is produced…
+        await invalidatePage('/p', cache); // …and its invalidation resolves before the page is stored
+        res.send(`v${seen}`);
+      });
+      await request(server).get('/p');
+      const second = await request(server).get('/p');
+      expect([second.headers['x-cache'], second.text]).toEqual(['MISS', 'v2']);
+      expect(runs()).toBe(2);
+    }
+  });
+
+  it('fixed: a missing URL tag record makes the old page invalid; it is never valid again', async () => {
+    const store = asyncStore();
+    const cache = new FragmentCache(store);
+    const { server, runs } = await appWith(cachePage(60, { store: cache }), hello);
+    await request(server).get('/p');
+    await until(async () => (await request(server).get('/p')).headers['x-cache'] === 'HIT');
+    const tagKeys = await keysOf(store, 'fc:tag:');
+    await store.deleteMany(tagKeys); // the record expired or was evicted
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+    expect(runs()).toBe(2);
+    // The page stored by that miss has a record of its own; the first page's version never comes back.
+    await until(async () => (await request(server).get('/p')).headers['x-cache'] === 'HIT');
+    expect(runs()).toBe(2);
+  });
+
+  it('fixed: memory store: a page that outlives its URL record extends it (same version, siblings stay)', async () => {
+    const store = new MemoryStore();
+    await withClock(async (advance) => {
+      const { server, runs } = await appWith(cachePage(60, { store: new FragmentCache(store) }), (req, res) =>
+        void res.set('Vary', 'X-Lang').send(`lang ${req.headers['x-lang']}`),
+      );
+      await request(server).get('/p').set('X-Lang', 'en'); // record lives 120 s
+      advance(70_000);
+      await request(server).get('/p').set('X-Lang', 'fr'); // stored for 60 s: past the record's 50 s left
+      const [k] = await keysOf(store, 'fc:tag:');
+      expect(store.sync.get(k)!.expires! - Date.now()).toBeGreaterThan(119_000); // from now, not from its creation
+      advance(55_000); // 125 s after the record was created
+      expect((await request(server).get('/p').set('X-Lang', 'fr')).headers['x-cache']).toBe('HIT');
+      expect(runs()).toBe(2);
+    });
+  });
+
+  it('fixed: shared store: a page is kept only as long as its URL record (no unsafe rewrite)', async () => {
+    const store = asyncStore();
+    const cache = new FragmentCache(store);
+    await withClock(async (advance) => {
+      const { server, runs } = await appWith(cachePage(60, { store: cache }), (req, res) =>
+        void res.set('Vary', 'X-Lang').send(`lang ${req.headers['x-lang']}`),
+      );
+      const stored = new Promise((r) => cache.once('store', r));
+      await request(server).get('/p').set('X-Lang', 'en');
+      await stored;
+      const [k] = await keysOf(store, 'fc:tag:');
+      const [record] = await store.getMany([k]);
+      advance(90_000);
+      const again = new Promise((r) => cache.once('store', r));
+      await request(server).get('/p').set('X-Lang', 'fr');
+      await again;
+      expect((await store.getMany([k]))[0]).toEqual(record); // not rewritten
+      advance(25_000);
+      expect((await request(server).get('/p').set('X-Lang', 'fr')).headers['x-cache']).toBe('HIT');
+      advance(10_000); // the record is gone (120 s): so is every page stamped with it
+      expect((await request(server).get('/p').set('X-Lang', 'fr')).headers['x-cache']).toBe('MISS');
+      expect(runs()).toBe(3);
+    });
+  });
+
+  it('fixed: the tags option is still read (and created) before the route runs', async () => {
+    const store = fresh();
+    const { server } = await appWith(cachePage(60, { store, tags: ['t:1'] }), async (req, res) => {
+      await store.invalidateTag('t:1'); // an edit lands during the render
+      res.send('stale');
+    });
+    await request(server).get('/p');
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+  });
+});
+
+/** Polls a condition (the store write happens just after the response). */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (await check()) return;
+    await new Promise((r) => setImmediate(r));
+  }
+  throw new Error('condition never became true');
+}
+
+describe('fixed: invalidatePage reaches the caches the middlewares use (review bug 2)', () => {
+  it('fixed: invalidatePage(url) and mw.invalidatePage(url) drop a page cached in the engine’s cache', async () => {
+    const engine = createEngine({ views: views({ 'p.njk': 'page {{ n }}' }) });
+    const app = express();
+    engine.express(app);
+    let n = 0;
+    const mw = cachePage(60);
+    app.get('/engine-page', mw, (req, res) => res.render('p', { n: ++n }));
+    const s = await serve(app);
+    await request(s).get('/engine-page');
+    expect((await request(s).get('/engine-page')).headers['x-cache']).toBe('HIT');
+    await invalidatePage('/engine-page');
+    expect((await request(s).get('/engine-page')).text).toBe('page 2');
+    expect((await request(s).get('/engine-page')).headers['x-cache']).toBe('HIT');
+    await mw.invalidatePage('/engine-page');
+    const r = await request(s).get('/engine-page');
+    expect([r.headers['x-cache'], r.text]).toEqual(['MISS', 'page 3']);
+    await engine.close();
+  });
+
+  it('fixed: invalidatePageTag(tags) without a target reaches them too', async () => {
+    const cache = fresh();
+    const { server } = await appWith(cachePage(60, { store: cache, tags: ['news'] }), hello);
+    await request(server).get('/p');
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('HIT');
+    await invalidatePageTag('news');
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+  });
+
+  it('fixed: invalidatePage(url) rejects when one of the stores fails, after trying all', async () => {
+    const inner = new MemoryStore();
+    let down = false;
+    const flaky: Store = {
+      ...asyncStore(inner),
+      kind: 'flaky',
+      setMany: async (w) => {
+        if (down) throw new Error('connection refused');
+        return inner.setMany(w);
+      },
+    };
+    const good = fresh();
+    const a = await appWith(cachePage(60, { store: new FragmentCache(flaky) }), hello);
+    const b = await appWith(cachePage(60, { store: good }), hello);
+    await request(a.server).get('/p');
+    await request(b.server).get('/p');
+    expect((await request(b.server).get('/p')).headers['x-cache']).toBe('HIT');
+    down = true;
+    try {
+      await expect(invalidatePage('/p')).rejects.toThrow(/connection refused/);
+    } finally {
+      down = false;
+    }
+    expect((await request(b.server).get('/p')).headers['x-cache']).toBe('MISS'); // the good one was dropped
+  });
+});
+
+describe('fixed: Cache-Control values (review bug 3)', () => {
+  it('fixed: a huge max-age is clamped to one year, with a valid Expires', async () => {
+    const app = express();
+    app.use(cacheMiddleware({ ttl: 30, store: fresh() }));
+    app.get('/huge', (req, res) => void res.set('Cache-Control', 'max-age=99999999999999999999').send('h'));
+    const s = await serve(app);
+    const r = await request(s).get('/huge');
+    expect(r.headers['cache-control']).toBe('max-age=31536000');
+    expect(Date.parse(r.headers.expires) - Date.now()).toBeGreaterThan(364 * 86_400_000);
+    expect(r.headers['cache-status']).toBe('fragcache; fwd=uri-miss; stored');
+    expect((await request(s).get('/huge')).headers['x-cache']).toBe('HIT');
+  });
+
+  it.each(['max-age=-1', 'max-age=abc', 'max-age=1.5', 'max-age', 's-maxage=0', 'public, s-maxage=-5', 'max-age=60, max-age=120'])(
+    'fixed: "%s" is never stored, and keeps its header',
+    async (cc) => {
+      const app = express();
+      let runs = 0;
+      app.use(cacheMiddleware({ ttl: 30, store: fresh() }));
+      app.get('/cc', (req, res) => void (runs++, res.set('Cache-Control', cc).send('x')));
+      const s = await serve(app);
+      const r = await request(s).get('/cc');
+      expect(r.headers['cache-control']).toBe(cc);
+      expect(r.headers.expires).toBeUndefined();
+      expect(r.headers['cache-status']).toBe('fragcache; fwd=uri-miss; stored=?0; detail=cache-control');
+      expect((await request(s).get('/cc')).headers['x-cache']).toBe('MISS');
+      expect(runs).toBe(2);
+    },
+  );
+});
+
+describe('fixed: responses that are not stored keep their headers (review bug 4)', () => {
+  const file = path.join(views({ 'f.txt': 'file body' }), 'f.txt');
+
+  it('fixed: res.sendFile keeps its Cache-Control (GET, HEAD and 304) and is not stored', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => res.sendFile(file, { maxAge: '1h' }));
+    const g = await request(server).get('/p').expect(200, 'file body');
+    expect(g.headers['cache-control']).toBe('public, max-age=3600');
+    expect(g.headers['cache-status']).toBe('fragcache; fwd=uri-miss; stored=?0; detail=streamed');
+    const h = await request(server).head('/p').expect(200);
+    expect(h.headers['cache-control']).toBe('public, max-age=3600');
+    const n = await request(server).get('/p').set('If-None-Match', g.headers.etag).expect(304);
+    expect(n.headers['cache-control']).toBe('public, max-age=3600');
+    expect(n.headers.expires).toBeUndefined();
+    expect(runs()).toBe(3);
+  });
+
+  it('fixed: a streamed response keeps the Cache-Control its route set, and gets no Expires', async () => {
+    const { server } = await appWith(cachePage(60, { store: fresh() }), (req, res) => {
+      res.set('Cache-Control', 'max-age=5');
+      res.write('part 1, ');
+      res.end('part 2');
+    });
+    const r = await request(server).get('/p');
+    expect([r.text, r.headers['cache-control'], r.headers.expires]).toEqual(['part 1, part 2', 'max-age=5', undefined]);
+  });
+
+  it('fixed: an explicit writeHead followed by write is streamed, and keeps its status text and headers', async () => {
+    const { server } = await appWith(cachePage(60, { store: fresh() }), (req, res) => {
+      res.writeHead(200, 'Fine', { 'Cache-Control': 'max-age=7', 'Content-Type': 'text/plain' });
+      expect(res.headersSent).toBe(true);
+      res.write('a');
+      res.end('b');
+    });
+    const r = await request(server).get('/p');
+    expect([r.text, r.headers['cache-control'], (r as unknown as { res: { statusMessage: string } }).res.statusMessage]).toEqual(['ab', 'max-age=7', 'Fine']);
+    expect((await request(server).get('/p')).headers['x-cache']).toBe('MISS');
+  });
+});
+
+describe('fixed: writeHead + end and percent-encoding (review bug 7)', () => {
+  it('fixed: writeHead(200) + end(body) is stored with "; stored" and an ETag', async () => {
+    const { server, runs } = await appWith(cachePage(60, { store: fresh() }), (req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      res.end('whole');
+    });
+    const a = await request(server).get('/p');
+    expect(a.headers['cache-status']).toBe('fragcache; fwd=uri-miss; stored');
+    expect(a.headers.etag).toMatch(/^"[\w-]+"$/);
+    const b = await request(server).get('/p');
+    expect([b.headers['x-cache'], b.headers.etag, b.text]).toEqual(['HIT', a.headers.etag, 'whole']);
+    await request(server).get('/p').set('If-None-Match', a.headers.etag).expect(304);
+    expect(runs()).toBe(1);
+  });
+
+  it('fixed: percent-escapes in either letter case are one page, and invalidatePage finds it', async () => {
+    const cache = fresh();
+    const app = express();
+    let runs = 0;
+    app.use(cacheMiddleware({ ttl: 60, store: cache }));
+    app.use((req, res) => void (runs++, res.send('enc')));
+    const s = await serve(app);
+    await request(s).get('/any%2fenc?q=%e2%9c%93');
+    expect((await request(s).get('/any%2Fenc?q=%E2%9C%93')).headers['x-cache']).toBe('HIT');
+    await invalidatePage('/any%2Fenc?q=%E2%9C%93', cache);
+    expect((await request(s).get('/any%2fenc?q=%e2%9c%93')).headers['x-cache']).toBe('MISS');
+    expect(runs).toBe(2);
+  });
+});
+
+describe('fixed: prefix is the key prefix of a store the middleware builds (review bug 6)', () => {
+  it('fixed: pages of a sqlite:// store go under the prefix, out of reach of the default prefix', async () => {
+    const db = path.join(views({}), 'pages.db');
+    const mw = cachePage(60, { store: `sqlite://${db}`, prefix: 'mypages' });
+    const { server, runs } = await appWith(mw, hello);
+    await request(server).get('/p');
+    const other = new FragmentCache(createStore(`sqlite://${db}`));
+    try {
+      await until(async () => (await keysOf(other.store, 'mypages:')).length === 3); // header list, page, URL tag
+      expect(await keysOf(other.store, 'fc:')).toEqual([]);
+      await other.clear(); // `fragcache clear` of the default prefix
+      expect((await request(server).get('/p')).headers['x-cache']).toBe('HIT');
+      expect(runs()).toBe(1);
+    } finally {
+      await other.close();
+      await new Promise((r) => server.close(r));
+      await mw.close(); // the store it made from the spec
+    }
+    await invalidatePage('/p'); // a closed middleware's store is no longer reached
+  });
+
+  it('fixed: a prefix that cannot be a key prefix is refused for a store spec', () => {
+    expect(() => cachePage(60, { store: 'memory', prefix: 'a:b' })).toThrow(/option "prefix"/);
+    expect(() => cachePage(60, { store: fresh(), prefix: 'a:b' })).not.toThrow(); // a key part there, as before
   });
 });

@@ -4,6 +4,7 @@
  * shared with fragments, and page invalidation by URL.
  * @module
  */
+import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { FragmentCache } from '../cache';
 import { tagKeysOf, tagPairs, type Entry } from '../entry';
@@ -36,6 +37,11 @@ export interface PageMeta {
 /** A page entry as read from the store. `body` holds the response bytes as a latin1 string. */
 export type PageEntry = Entry & { meta: PageMeta };
 
+/** Upper-cases the hex digits of percent-escapes (`%2f` → `%2F`): both spell the same URL (RFC 3986 §6.2.2.1). */
+export function normalEscapes(url: string): string {
+  return url.replace(/%[0-9a-f]{2}/gi, (e) => e.toUpperCase());
+}
+
 /** Path and query in one normal form, so `invalidatePage('/a?b=1')` finds what `/a?b=1` stored. */
 export function normalPath(url: string): string {
   let u: URL;
@@ -44,7 +50,28 @@ export function normalPath(url: string): string {
   } catch {
     throw new OptionError('url', url, 'expected a URL or a path');
   }
-  return u.pathname + u.search;
+  return normalEscapes(u.pathname + u.search);
+}
+
+/** How long an `invalidatePage` record lives: longer than any render that may have started before it. */
+export const INVALIDATION_TTL_MS = 24 * 60 * 60 * 1000;
+
+function newVersion(): string {
+  return randomBytes(9).toString('base64url');
+}
+
+/** What the middleware read before the route ran, for {@link PageCache.store}. */
+export interface PageTags {
+  /** Epoch ms at which the page started (before its tag versions were read). */
+  started: number;
+  /** Store key of the page's URL tag. */
+  urlKey: string;
+  /** The URL tag's record as it was when the page started (undefined: there was none; it is created on store). */
+  url: Entry | undefined;
+  /** Versions of the `tags` option, read (or created) before the route ran. */
+  versions: Map<string, string>;
+  /** Tags the route named while it ran (`res.locals.cacheTags`), if any. */
+  late?: unknown;
 }
 
 /** Page entries of one cache under one key prefix (Django's `key_prefix`). */
@@ -67,7 +94,7 @@ export class PageCache {
 
   private urlPart(r: PageRequest): string {
     // Injective encoding of each part: no host, path or query can be shaped to reach another page's key.
-    return varyPart([this.prefix, r.protocol, r.host, r.url]);
+    return varyPart([this.prefix, r.protocol, r.host, normalEscapes(r.url)]);
   }
 
   /** Key of the entry that lists the headers a URL's page varies on (step 1). */
@@ -109,21 +136,65 @@ export class PageCache {
     const gen = sync?.generation?.();
     // Memory store: nothing about tags changed since this entry was last checked.
     if (gen !== undefined && entry.checked === gen) return true;
-    let versions: Map<string, string>;
+    let found: Map<string, Entry>;
     try {
-      versions = await this.cache.tagVersions(tagKeysOf(entry));
+      // Read only: a missing record means "invalid", and a look-up never writes one.
+      found = await this.readTags(tagKeysOf(entry));
     } catch (err) {
       this.cache.report(err);
       return false;
     }
-    const ok = FragmentCache.tagsMatch(entry, versions);
+    const ok = FragmentCache.tagsMatch(entry, { get: (k: string) => found.get(k)?.body });
     if (ok && sync?.generation) entry.checked = sync.generation();
     return ok;
+  }
+
+  /**
+   * The live tag version records among `tagKeys` (an expired or missing one is absent). Never writes;
+   * rejects when the store fails.
+   */
+  async readTags(tagKeys: readonly string[]): Promise<Map<string, Entry>> {
+    const out = new Map<string, Entry>();
+    if (!tagKeys.length) return out;
+    const sync = this.cache.store.sync;
+    const found = sync ? tagKeys.map((k) => sync.get(k)) : await this.cache.guard.run('getMany', () => this.cache.store.getMany(tagKeys));
+    const now = Date.now();
+    tagKeys.forEach((k, i) => {
+      const e = found[i];
+      if (e && (e.expires === null || e.expires > now)) out.set(k, e);
+    });
+    return out;
+  }
+
+  /** Store key of the URL tag of a page ({@link urlTag}). */
+  urlTagKey(url: string): string {
+    return this.cache.tagKey(PageCache.urlTag(url));
   }
 
   /** Tag store keys for a page: its URL tag and the user tags (validated; `where` names the option). */
   tagKeys(url: string, tags: unknown, where: string): string[] {
     return [PageCache.urlTag(url), ...this.cache.userTags(tags, where)].map((t) => this.cache.tagKey(t));
+  }
+
+  /**
+   * Reads a page's tags before its route runs: the URL tag is only read (it is created when a page is
+   * stored, so a URL that is never stored leaves nothing behind); the `tags` option's versions are read and
+   * the missing ones created, as for fragments (a fragment of the page may carry the same tag). Rejects when
+   * the store fails.
+   */
+  async startTags(url: string, tags: unknown, where: string): Promise<PageTags> {
+    const started = Date.now();
+    const [urlKey, ...userKeys] = this.tagKeys(url, tags, where);
+    const found = await this.readTags([urlKey, ...userKeys]);
+    const versions = new Map<string, string>();
+    const missing: string[] = [];
+    for (const k of userKeys) {
+      const e = found.get(k);
+      if (e) versions.set(k, e.body);
+      else missing.push(k);
+    }
+    if (missing.length) for (const [k, v] of await this.cache.tagVersions(missing)) versions.set(k, v);
+    return { started, urlKey, url: found.get(urlKey), versions };
   }
 
   /**
@@ -138,30 +209,89 @@ export class PageCache {
     return this.cache.tagVersions(tagKeys);
   }
 
-  /** Writes the header list and the page (one `setMany`). Store failures are reported, never thrown. */
-  async store(r: PageRequest, page: { body: string; meta: PageMeta; ttlMs: number; tags: Map<string, string> }): Promise<void> {
+  /**
+   * Stores a page (header list and page in one `setMany`) with the tag versions read before its route ran.
+   * Resolves false when the page must not be stored: a tag it names was invalidated while it was produced.
+   *
+   * The URL tag record is written only here, with a TTL of twice the page's (so a URL never stored leaves no
+   * record, and a stored one's record goes away after its pages). If the record did not exist when the page
+   * started and exists now, an `invalidatePage` (or another store) happened meanwhile: not stored. If it
+   * exists but would expire before this page: on the memory store it is extended in place (same version, in
+   * one tick); a shared store has no compare-and-set, and rewriting the version could undo an `invalidatePage`
+   * made by another process in between, so there the page is kept only as long as the record lives.
+   * Store failures reject.
+   */
+  async store(r: PageRequest, page: { body: string; meta: PageMeta; ttlMs: number; tags: PageTags }): Promise<boolean> {
+    const t = page.tags;
+    const versions = new Map(t.versions);
+    if (t.late !== undefined) {
+      const keys = this.cache.userTags(t.late, 'res.locals.cacheTags').map((tag) => this.cache.tagKey(tag)).filter((k) => !versions.has(k) && k !== t.urlKey);
+      const late = await this.lateVersions(keys, t.started);
+      if (!late) return false; // a tag was invalidated while this page was produced
+      for (const [k, v] of late) versions.set(k, v);
+    }
+    let ttlMs = page.ttlMs;
+    const recordTtl = 2 * ttlMs;
     const now = Date.now();
-    const expires = now + page.ttlMs;
+    const sync = this.cache.store.sync;
+    if (t.url) {
+      versions.set(t.urlKey, t.url.body);
+      if (sync) {
+        // Memory store: checking costs nothing, so a page invalidated meanwhile is not even written, and a
+        // record that expired meanwhile is never brought back (entries stamped with it are invalid for good).
+        const cur = sync.get(t.urlKey);
+        if (!cur || cur.body !== t.url.body || (cur.expires !== null && cur.expires <= now)) return false;
+      }
+      if (t.url.expires !== null && t.url.expires < now + ttlMs) {
+        if (sync) {
+          // Same tick: nothing can bump the record between this read and this write.
+          const cur = sync.get(t.urlKey)!;
+          sync.set(t.urlKey, { ...cur, expires: now + recordTtl }, recordTtl);
+        } else {
+          ttlMs = t.url.expires - now;
+          if (ttlMs < 1000) return false; // the record is about to go: the next request stores under a new one
+        }
+      }
+    } else {
+      const v = newVersion();
+      const record: Entry = { body: v, created: now, expires: now + recordTtl };
+      // `add`: if anyone wrote the record since the page started (an invalidatePage, another store), do not store.
+      const added = sync ? sync.add(t.urlKey, record, recordTtl) : await this.cache.guard.run('add', () => this.cache.store.add(t.urlKey, record, recordTtl));
+      if (!added) return false;
+      versions.set(t.urlKey, v);
+    }
+    const expires = now + ttlMs;
     const head: Entry = { body: '', created: now, expires, meta: { vary: page.meta.vary } };
     const entry: Entry = {
       body: page.body,
       created: now,
       expires,
-      tags: page.tags.size ? tagPairs(page.tags) : undefined,
+      tags: tagPairs(versions),
       meta: { ...page.meta, url: r.url },
     };
     const key = this.pageKey(r, page.meta.vary);
-    await this.cache.writeMany([
-      { key: this.headerKey(r), entry: head, ttlMs: page.ttlMs },
-      { key, entry, ttlMs: page.ttlMs },
+    const written = await this.cache.writeMany([
+      { key: this.headerKey(r), entry: head, ttlMs },
+      { key, entry, ttlMs },
     ]);
+    if (!written) return false;
     this.cache.count('', 'stores');
     this.cache.events.emit('store', { name: r.url, key });
+    return true;
   }
 
-  /** Drops every cached variant of a page (any host, any prefix, any Vary values). Rejects on store failure. */
+  /**
+   * Drops every cached variant of a page (any host, any prefix, any Vary values) by writing a new version of
+   * its URL tag. The record lives {@link INVALIDATION_TTL_MS} (a page started before it and stored after it
+   * sees it and is not stored); once it is gone, a missing record still invalidates every old entry.
+   * Rejects on store failure.
+   */
   async invalidatePage(url: string): Promise<void> {
-    await this.cache.bumpTags([PageCache.urlTag(url)]);
+    const key = this.urlTagKey(url);
+    const record: Entry = { body: newVersion(), created: Date.now(), expires: Date.now() + INVALIDATION_TTL_MS };
+    const sync = this.cache.store.sync;
+    if (sync) sync.set(key, record, INVALIDATION_TTL_MS);
+    else await this.cache.guard.run('setMany', () => this.cache.store.setMany([{ key, entry: record, ttlMs: INVALIDATION_TTL_MS }]));
     this.cache.events.emit('invalidate', { kind: 'key', target: normalPath(url) });
   }
 }

@@ -3,14 +3,15 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { OutgoingMessage, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Request } from 'express';
 import { FragmentCache } from '../cache';
 import { parseTtl, type Ttl } from '../duration';
 import type { Engine } from '../engine';
 import { OptionError } from '../errors';
 import { createStore, type StoreSpec } from '../stores';
-import { PageCache, type PageEntry, type PageMeta, type PageRequest } from './cache';
+import { MemoryStore } from '../stores/memory';
+import { normalPath, PageCache, type PageEntry, type PageMeta, type PageRequest, type PageTags } from './cache';
 import { etagMatches, formatCacheControl, maxAge, parseCacheControl, parseVary, refusal, type Refusal } from './policy';
 import { ENGINE_SETTING } from './view';
 
@@ -64,8 +65,14 @@ export interface SiteCacheOptions extends PageCacheOptions {
 /** A page caching middleware, with the invalidation of the cache it uses. */
 export interface PageMiddleware {
   (req: PageReq, res: PageRes, next: (err?: unknown) => void): void;
-  /** Drops every cached variant of a URL (a path with its query, or an absolute URL) from this middleware's cache. */
+  /**
+   * Drops every cached variant of a URL (a path with its query, or an absolute URL) from the cache(s) this
+   * middleware uses: its `store`, or the engine's cache of each app it has served (give `app` to name one
+   * before any request was served). Rejects if a store failed.
+   */
   invalidatePage(url: string, app?: { get(setting: string): unknown }): Promise<void>;
+  /** Closes the store this middleware made from a `store` spec (URL, Keyv, `Store`); nothing otherwise. */
+  close(): Promise<void>;
 }
 
 const NOT_REPLAYED = new Set([
@@ -83,12 +90,47 @@ function isEngine(x: unknown): x is Engine {
   return typeof x === 'object' && x !== null && (x as Engine).caches instanceof Map && typeof (x as Engine).invalidateTag === 'function' && 'env' in x;
 }
 
-/** The cache pages go to for a store option value / engine. */
-export function pageCacheOf(target: StoreSpec | FragmentCache | Engine | undefined, option = 'store'): FragmentCache {
+/**
+ * The cache pages go to for a store option value / engine. A store spec gets a cache of its own, whose key
+ * prefix is `prefix` when one is given (default `fc`, as every cache).
+ */
+export function pageCacheOf(target: StoreSpec | FragmentCache | Engine | undefined, option = 'store', prefix?: string): FragmentCache {
   if (target === undefined) return defaultPageCache();
   if (target instanceof FragmentCache) return target;
   if (isEngine(target)) return target.caches.get('pages') ?? target.cache;
-  return new FragmentCache(createStore(target, {}, option));
+  const options = prefix ? { prefix } : {};
+  // Check the prefix (FragmentCache's rule: no ":") before a store (maybe a connection) is made for nothing.
+  if (prefix) new FragmentCache(new MemoryStore({ maxBytes: 1 }), options);
+  return new FragmentCache(createStore(target, {}, option), options);
+}
+
+/**
+ * Every page cache a middleware of this process has used (weakly held): `invalidatePage(url)` and
+ * `invalidatePageTag(tags)` without a target reach all of them.
+ */
+const inUse = new Set<WeakRef<PageCache>>();
+
+function remember(pages: PageCache): void {
+  inUse.add(new WeakRef(pages));
+  if (inUse.size > 64) caches(); // drops the dead ones
+}
+
+/** The distinct caches behind the page caches in use (and the shared memory cache). */
+function caches(): FragmentCache[] {
+  const out = new Set<FragmentCache>([defaultPageCache()]);
+  for (const ref of inUse) {
+    const pages = ref.deref();
+    if (pages) out.add(pages.cache);
+    else inUse.delete(ref);
+  }
+  return [...out];
+}
+
+/** Runs `fn` on every cache; rejects (with the first error) if any failed, once all have finished. */
+async function onEvery(list: readonly FragmentCache[], fn: (c: FragmentCache) => Promise<void>): Promise<void> {
+  const results = await Promise.allSettled(list.map(fn));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 function ttlMsOf(ttl: unknown, option: string): number {
@@ -143,8 +185,8 @@ function toBuffer(chunk: unknown, encoding: unknown): Buffer | undefined {
 interface Capture {
   pages: PageCache;
   request: PageRequest;
-  started: number;
-  versions: Map<string, string>;
+  /** The page's tags as read before the route ran. */
+  tags: PageTags;
   ttlMs: number;
   /** Page TTL wins over the response's `max-age` (cachePage); else `max-age` wins over `ttlMs` (cacheMiddleware). */
   pageTtlWins: boolean;
@@ -153,20 +195,31 @@ interface Capture {
   keyed: boolean;
 }
 
+type Plan = { store: false } | { store: true; meta: PageMeta; ttlMs: number; body: Buffer };
+
+const headersSentOf = Object.getOwnPropertyDescriptor(OutgoingMessage.prototype, 'headersSent')?.get;
+
 /**
- * Wraps `writeHead`, `write` and `end` of one response. The decision is taken when the headers go out (so
- * `Cache-Control`, `Expires` and `ETag` can still be set); the body is stored after `end` only when it was
- * sent in one piece (anything written before `end` is a streamed response, never stored).
+ * Wraps `writeHead`, `write`, `end`, `flushHeaders` and `sendFile` of one response. The decision is taken
+ * when the headers really go out, which Node does from inside `end` (a body sent in one piece: known, so its
+ * ETag can be set) or from the first `write` / `flushHeaders` (streamed: never stored). A route's explicit
+ * `writeHead` is held until then (`headersSent` reads true meanwhile), so `writeHead(200) + end(body)` is
+ * decided with its body. A response that is not stored keeps the `Cache-Control` and `Expires` its route set;
+ * so does anything sent with `res.sendFile` / `res.download` (their 304 and HEAD answers included).
  */
 function capture(req: PageReq, res: PageRes, c: Capture): void {
   const writeHead = res.writeHead;
   const write = res.write;
   const end = res.end;
+  const flushHeaders = res.flushHeaders;
   let streamed = false;
+  let inEnd = false;
   let endBody: Buffer | undefined;
-  let plan: { store: false } | { store: true; meta: PageMeta; ttlMs: number } | undefined;
+  let plan: Plan | undefined;
+  /** An explicit `writeHead(status, reason?)` held until the headers go out. */
+  let held: { status: number; reason?: string } | undefined;
 
-  const decide = () => {
+  const decide = (): void => {
     const status = res.statusCode;
     const cc = parseCacheControl(res.getHeader('cache-control'));
     const vary = parseVary(res.getHeader('vary'));
@@ -180,12 +233,13 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
       setCookie: res.hasHeader('set-cookie'),
       vary,
     };
-    let why: Refusal | undefined = refusal(facts);
-    if (!why && streamed) why = 'streamed';
+    // Streamed (or a file): decided before anything else, and its headers are left as the route set them.
+    const body = streamed || !inEnd ? undefined : endBody;
+    let why: Refusal | undefined = body === undefined ? 'streamed' : refusal(facts);
+    const headersOk = why === undefined;
     if (!why && req.method !== 'GET') why = 'method';
     if (!why && status !== 200) why = 'status';
-    // Headers of a cacheable response (and of a 304 that would have been one): as Django's patch_response_headers.
-    const headersOk = refusal(facts) === undefined;
+    // Headers of a cacheable response (and of a 304 or HEAD that would have been one): as Django's patch_response_headers.
     const viewAge = maxAge(cc);
     const ttlMs = c.pageTtlWins || viewAge === undefined ? c.ttlMs : viewAge * 1000;
     if (headersOk) {
@@ -196,66 +250,94 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
       res.setHeader('Cache-Control', formatCacheControl(cc));
       res.setHeader('Expires', new Date(Date.now() + ttlMs).toUTCString());
     }
-    if (why) {
+    if (why || body === undefined) {
       res.setHeader('Cache-Status', `fragcache; fwd=uri-miss; stored=?0; detail=${why}`);
       plan = { store: false };
       return;
     }
-    // The body is known here when it is sent with `end` (res.send); after an explicit writeHead it is not yet.
     let etag = res.getHeader('etag');
-    if (typeof etag !== 'string') {
-      etag = endBody ? etagOf(endBody) : '';
-      if (etag) res.setHeader('ETag', etag);
-    }
-    res.setHeader('Cache-Status', endBody ? 'fragcache; fwd=uri-miss; stored' : 'fragcache; fwd=uri-miss');
+    if (typeof etag !== 'string') res.setHeader('ETag', (etag = etagOf(body)));
+    res.setHeader('Cache-Status', 'fragcache; fwd=uri-miss; stored');
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of Object.entries(res.getHeaders())) {
       if (value !== undefined && !NOT_REPLAYED.has(name)) headers[name] = typeof value === 'number' ? String(value) : value;
     }
-    plan = { store: true, ttlMs, meta: { status, headers, vary, etag } };
+    plan = { store: true, ttlMs, body, meta: { status, headers, vary, etag } };
   };
 
+  const call = (fn: (...a: unknown[]) => unknown, args: unknown[]) => fn.apply(res, args);
+
   res.writeHead = function (this: PageRes, status: number, ...rest: unknown[]) {
+    if (plan !== undefined) return call(writeHead as never, [status, ...rest]) as PageRes;
     const reason = typeof rest[0] === 'string' ? rest[0] : undefined;
     const headers = reason === undefined ? rest[0] : rest[1];
-    if (plan === undefined) {
-      if (Array.isArray(headers)) plan = { store: false }; // raw header arrays: passed through, never stored
-      else {
-        if (headers && typeof headers === 'object') for (const [k, v] of Object.entries(headers)) if (v !== undefined) res.setHeader(k, v as string);
-        res.statusCode = status;
-        decide();
-        return reason === undefined ? writeHead.call(res, status) : (writeHead as (...a: unknown[]) => PageRes).call(res, status, reason);
-      }
+    if (Array.isArray(headers)) {
+      plan = { store: false }; // raw header arrays: passed through, never stored
+      return call(writeHead as never, [status, ...rest]) as PageRes;
     }
-    return (writeHead as (...a: unknown[]) => PageRes).call(res, status, ...rest);
+    if (headers && typeof headers === 'object') for (const [k, v] of Object.entries(headers)) if (v !== undefined) res.setHeader(k, v as string);
+    res.statusCode = status;
+    if (reason !== undefined) held = { status, reason };
+    else if (held) held = { status, reason: held.reason };
+    // Node sends the headers from inside write/end/flushHeaders (implicit writeHead): decide now. Called by
+    // the route itself: hold it until then, when it is known whether the body comes in one piece.
+    if (!inEnd && !streamed) {
+      held ??= { status };
+      if (!Object.prototype.hasOwnProperty.call(res, 'headersSent')) {
+        // For the route (and Express's final handler), the headers are sent from now on.
+        Object.defineProperty(res, 'headersSent', { configurable: true, get: () => held !== undefined || Boolean(headersSentOf?.call(res)) });
+      }
+      return res;
+    }
+    decide();
+    const r = held?.reason;
+    held = undefined;
+    return (r === undefined ? writeHead.call(res, res.statusCode) : call(writeHead as never, [res.statusCode, r])) as PageRes;
   } as typeof res.writeHead;
 
   res.write = function (this: PageRes, ...args: unknown[]) {
-    streamed = true;
-    return (write as (...a: unknown[]) => boolean).apply(res, args);
+    streamed = true; // Node sends the headers (a held writeHead too) from inside this call
+    return call(write as never, args) as boolean;
   } as typeof res.write;
+
+  res.flushHeaders = function (this: PageRes) {
+    streamed = true;
+    return flushHeaders.call(res);
+  };
+
+  const sendFile = (res as { sendFile?: unknown }).sendFile;
+  if (typeof sendFile === 'function') {
+    // A file is streamed (or answered 304 / HEAD by `send`): never stored, and its own headers are kept.
+    (res as { sendFile?: unknown }).sendFile = function (this: PageRes, ...args: unknown[]) {
+      streamed = true;
+      return sendFile.apply(this, args);
+    };
+  }
 
   res.end = function (this: PageRes, ...args: unknown[]) {
     const [chunk, encoding] = typeof args[0] === 'function' ? [undefined, undefined] : [args[0], typeof args[1] === 'function' ? undefined : args[1]];
-    if (!streamed) endBody = toBuffer(chunk, encoding);
-    const out = (end as (...a: unknown[]) => PageRes).apply(res, args);
-    if (plan?.store && !streamed && endBody) void finish(res, c, { ...plan, meta: { ...plan.meta, etag: plan.meta.etag || etagOf(endBody) } }, endBody);
+    if (!streamed && plan === undefined) endBody = toBuffer(chunk, encoding);
+    inEnd = true;
+    let out: PageRes;
+    try {
+      out = call(end as never, args) as PageRes;
+    } finally {
+      inEnd = false;
+    }
+    if (plan?.store) {
+      const p = plan;
+      plan = { store: false };
+      void finish(res, c, p);
+    }
     return out;
   } as typeof res.end;
 }
 
-/** Stores a captured page once its tags' versions are known. Never throws: the response is already sent. */
-async function finish(res: PageRes, c: Capture, plan: { meta: PageMeta; ttlMs: number }, body: Buffer): Promise<void> {
+/** Stores a captured page. Never throws: the response is already sent. */
+async function finish(res: PageRes, c: Capture, plan: { meta: PageMeta; ttlMs: number; body: Buffer }): Promise<void> {
   try {
-    const versions = new Map(c.versions);
-    const late = res.locals?.cacheTags;
-    if (late !== undefined) {
-      const keys = c.pages.cache.userTags(late, 'res.locals.cacheTags').map((t) => c.pages.cache.tagKey(t)).filter((k) => !versions.has(k));
-      const lateVersions = await c.pages.lateVersions(keys, c.started);
-      if (!lateVersions) return; // a tag was invalidated while this page was produced
-      for (const [k, v] of lateVersions) versions.set(k, v);
-    }
-    await c.pages.store(c.request, { body: body.toString('latin1'), meta: plan.meta, ttlMs: plan.ttlMs, tags: versions });
+    const tags = { ...c.tags, late: res.locals?.cacheTags };
+    await c.pages.store(c.request, { body: plan.body.toString('latin1'), meta: plan.meta, ttlMs: plan.ttlMs, tags });
   } catch (err) {
     c.pages.cache.report(err);
   }
@@ -263,14 +345,22 @@ async function finish(res: PageRes, c: Capture, plan: { meta: PageMeta; ttlMs: n
 
 function makeMiddleware(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): PageMiddleware {
   checkOptions(o);
-  const fixed = o.store === undefined ? undefined : pageCacheOf(o.store);
-  const prefix = o.prefix ?? '';
+  // A store spec: this middleware's own cache, under `prefix`; else `prefix` is a part of every page key.
+  const own = o.store !== undefined && !(o.store instanceof FragmentCache) && !isEngine(o.store);
+  const fixed = o.store === undefined ? undefined : pageCacheOf(o.store, 'store', own ? o.prefix : undefined);
+  const prefix = own ? '' : (o.prefix ?? '');
   const byCache = new WeakMap<FragmentCache, PageCache>();
+  /** The page caches this middleware has used (one per engine it served, usually one). */
+  const mine = new Set<WeakRef<PageCache>>();
   const pagesFor = (app: { get(s: string): unknown } | undefined): PageCache => {
     const engine = app?.get?.(ENGINE_SETTING) as Engine | undefined;
     const cache = fixed ?? (engine ? pageCacheOf(engine) : defaultPageCache());
     let pages = byCache.get(cache);
-    if (!pages) byCache.set(cache, (pages = new PageCache(cache, prefix)));
+    if (!pages) {
+      byCache.set(cache, (pages = new PageCache(cache, prefix)));
+      mine.add(new WeakRef(pages));
+      remember(pages);
+    }
     return pages;
   };
 
@@ -292,26 +382,27 @@ function makeMiddleware(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions
     } catch (err) {
       return next(err);
     }
-    const started = Date.now();
     res.setHeader('X-Cache', 'MISS');
     pages.lookup(request).then(
       async (hit) => {
         if (hit) return serveHit(req, res, hit);
-        let tagKeys: string[];
+        let userTags: unknown;
         try {
-          tagKeys = pages.tagKeys(request.url, typeof o.tags === 'function' ? o.tags(req as Request) : o.tags, 'tags');
+          userTags = typeof o.tags === 'function' ? o.tags(req as Request) : o.tags;
+          pages.tagKeys(request.url, userTags, 'tags'); // validates them: a bad list is the route's error
         } catch (err) {
           return next(err);
         }
-        let versions: Map<string, string>;
+        let tags: PageTags;
         try {
           // Read before the route runs: an invalidation during the render then makes this entry stale at once.
-          versions = await pages.cache.tagVersions(tagKeys);
+          // The URL's tag is only read: it is written when (if) the page is stored.
+          tags = await pages.startTags(request.url, userTags, 'tags');
         } catch (err) {
           pages.cache.report(err); // store down: serve uncached
           return next();
         }
-        capture(req, res, { pages, request, started, versions, ttlMs, pageTtlWins, allowCookies: o.allowCookies ?? false, keyed: o.key !== undefined });
+        capture(req, res, { pages, request, tags, ttlMs, pageTtlWins, allowCookies: o.allowCookies ?? false, keyed: o.key !== undefined });
         next();
       },
       (err) => {
@@ -321,8 +412,30 @@ function makeMiddleware(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions
     ).catch(next);
   }) as PageMiddleware;
 
-  middleware.invalidatePage = (url: string, app?: { get(setting: string): unknown }) => pagesFor(app).invalidatePage(url);
+  middleware.invalidatePage = async (url: string, app?: { get(setting: string): unknown }) => {
+    checkUrl(url);
+    if (app) return pagesFor(app).invalidatePage(url);
+    // Every cache this middleware has served pages from (the engine's, when it has run under engine.express).
+    const list = new Set<FragmentCache>(fixed ? [fixed] : []);
+    for (const ref of mine) {
+      const pages = ref.deref();
+      if (pages) list.add(pages.cache);
+      else mine.delete(ref);
+    }
+    if (!list.size) list.add(defaultPageCache());
+    await onEvery([...list], (c) => new PageCache(c).invalidatePage(url));
+  };
+  middleware.close = async () => {
+    if (!own) return;
+    for (const ref of inUse) if (ref.deref()?.cache === fixed) inUse.delete(ref); // no longer reached by invalidatePage(url)
+    await fixed!.close();
+  };
   return middleware;
+}
+
+function checkUrl(url: unknown): asserts url is string {
+  if (typeof url !== 'string' || !url) throw new OptionError('url', url, 'expected a URL or a path');
+  normalPath(url);
 }
 
 /**
@@ -347,17 +460,21 @@ export function cacheMiddleware(options: SiteCacheOptions = {}): PageMiddleware 
 
 /**
  * Drops every cached variant of a page (path with query, or an absolute URL: every host is dropped) in
- * `target`: an engine (every store it has), a cache, or by default the shared memory cache.
+ * `target`: an engine (every store it has), a cache, or by default every cache the page middlewares of this
+ * process use (their engines' caches, their own stores, the shared memory cache). Rejects if any store failed.
  */
 export async function invalidatePage(url: string, target?: Engine | FragmentCache): Promise<void> {
-  if (typeof url !== 'string' || !url) throw new OptionError('url', url, 'expected a URL or a path');
-  const caches = isEngine(target) ? [...new Set(target.caches.values())] : [pageCacheOf(target)];
-  await Promise.all(caches.map((c) => new PageCache(c).invalidatePage(url)));
+  checkUrl(url);
+  const list = target === undefined ? caches() : isEngine(target) ? [...new Set(target.caches.values())] : [pageCacheOf(target)];
+  await onEvery(list, (c) => new PageCache(c).invalidatePage(url));
 }
 
-/** Drops pages (and fragments and values) tagged with any of `tags` in `target` (default: the shared memory cache). */
+/**
+ * Drops pages (and fragments and values) tagged with any of `tags` in `target`: an engine, a cache, or by
+ * default every cache the page middlewares of this process use. Rejects if any store failed.
+ */
 export async function invalidatePageTag(tags: string | readonly string[], target?: Engine | FragmentCache): Promise<void> {
   const list = typeof tags === 'string' ? [tags] : [...tags];
   if (isEngine(target)) return target.invalidateTag(...list);
-  await pageCacheOf(target).invalidateTag(...list);
+  await onEvery(target === undefined ? caches() : [pageCacheOf(target)], (c) => c.invalidateTag(...list));
 }

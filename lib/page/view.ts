@@ -79,7 +79,8 @@ export function useEngine(engine: Engine, app: ExpressAppLike, options: ExpressV
         called = true;
         cb(err, html);
       };
-      // Template errors become `next(err)` in Express; nothing here can throw past the callback.
+      // Template errors become `next(err)` in Express. A callback that throws is handled by the guard around
+      // `res.render` (next(err)); only a direct `app.render` callback can get here, with no request to answer.
       engine.render(this.template, locals).then(
         (html) => once(null, html),
         (err) => once(err),
@@ -89,5 +90,46 @@ export function useEngine(engine: Engine, app: ExpressAppLike, options: ExpressV
 
   app.set('view', FragcacheView);
   app.set(ENGINE_SETTING, engine);
+  guardRenderCallbacks(app);
   if (options.defaultEngine ?? !app.get('view engine')) app.set('view engine', exts[0].slice(1));
+}
+
+type RenderCallback = (err: unknown, html?: string) => void;
+interface ResponseLike {
+  req?: { next?: (err?: unknown) => void };
+  send?(body: unknown): unknown;
+}
+const GUARDED = Symbol.for('fragcache.renderGuard');
+
+/**
+ * Makes `res.render` of this app safe with asynchronous engines: the callback (the route's, or Express's
+ * default one that sends the HTML) runs inside a try/catch, and what it throws goes to `next(err)`, as a
+ * throw in a route does. Without this, a throw after an asynchronous render (fragcache renders are) would
+ * leave the request hanging. The app's own `response` object is patched, never Express's prototype.
+ */
+function guardRenderCallbacks(app: ExpressAppLike): void {
+  const response = (app as { response?: Record<string | symbol, unknown> }).response;
+  if (!response || typeof response.render !== 'function' || response[GUARDED]) return;
+  const render = response.render as (this: ResponseLike, view: string, options?: unknown, cb?: RenderCallback) => void;
+  response[GUARDED] = true;
+  response.render = function (this: ResponseLike, view: string, options?: unknown, callback?: RenderCallback) {
+    const done: RenderCallback | undefined = typeof options === 'function' ? (options as RenderCallback) : callback;
+    const opts = typeof options === 'function' ? undefined : options;
+    const req = this.req;
+    const res = this;
+    const respond: RenderCallback =
+      done ??
+      ((err, html) => {
+        if (err) return req?.next?.(err);
+        res.send?.(html);
+      });
+    return render.call(this, view, opts, (err, html) => {
+      try {
+        respond(err, html);
+      } catch (thrown) {
+        if (typeof req?.next !== 'function') throw thrown;
+        req.next(thrown);
+      }
+    });
+  };
 }
