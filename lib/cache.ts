@@ -518,8 +518,12 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     else d.resolve(outcome.entry);
   }
 
+  /** True once {@link close} was called. */
+  closed = false;
+
   /** Closes the store. */
   async close(): Promise<void> {
+    this.closed = true;
     await this.store.close();
   }
 }

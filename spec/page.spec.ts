@@ -650,6 +650,25 @@ describe('fixed: invalidatePage reaches the caches the middlewares use (review b
   });
 });
 
+it('fixed: invalidatePage(url) without a target skips the caches of closed engines (their stores are gone)', async () => {
+  const inner = new MemoryStore();
+  let closed = false;
+  const closing: Store = {
+    ...asyncStore(inner),
+    kind: 'closing',
+    setMany: async (w) => {
+      if (closed) throw new Error('the store is closed');
+      return inner.setMany(w);
+    },
+    close: async () => void (closed = true),
+  };
+  const cache = new FragmentCache(closing);
+  const a = await appWith(cachePage(60, { store: cache }), hello);
+  await request(a.server).get('/closed-page');
+  await cache.close();
+  await expect(invalidatePage('/closed-page')).resolves.toBeUndefined();
+});
+
 describe('fixed: Cache-Control values (review bug 3)', () => {
   it('fixed: a huge max-age is clamped to one year, with a valid Expires', async () => {
     const app = express();

@@ -120,8 +120,8 @@ function caches(): FragmentCache[] {
   const out = new Set<FragmentCache>([defaultPageCache()]);
   for (const ref of inUse) {
     const pages = ref.deref();
-    if (pages) out.add(pages.cache);
-    else inUse.delete(ref);
+    if (pages && !pages.cache.closed) out.add(pages.cache);
+    else inUse.delete(ref); // collected, or its cache (an engine's, say) was closed
   }
   return [...out];
 }
