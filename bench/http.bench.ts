@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import autocannon from 'autocannon';
 import { summarise } from './support/harness';
-import { freePort } from './support/net';
+import { freePort } from '../spec/support/servers';
 
 const DURATION = Number(process.env.BENCH_SECONDS ?? 3);
 const REPS = Number(process.env.BENCH_REPS ?? 3);

@@ -20,7 +20,7 @@ import { createEngine, type Engine } from '../lib/engine';
 import { decodeEntry } from '../lib/entry';
 import type { RedisStore } from '../lib/stores/redis';
 import { formatNs, measure, ratio, summarise, type Summary } from './support/harness';
-import { freePort } from './support/net';
+import { freePort } from '../spec/support/servers';
 
 const PAGE = '<ul><% for i in range(20) %><% cache 300, "item", i %><li>{{ i }}: {{ title }} — {{ "x".repeat(200) }}</li><% endcache %><% endfor %></ul>';
 
