@@ -59,7 +59,7 @@ function expr(node: any): string {
 export function dependencies(template: string, options: DepsOptions): DepNode {
   const views = (Array.isArray(options.views) ? options.views : [options.views]).map((v) => path.resolve(v));
   const tags = options.syntax === 'curly' ? undefined : { blockStart: '<%', blockEnd: '%>' };
-  const extension = new CacheExtension(() => undefined);
+  const extension = new CacheExtension(() => undefined); // parses only: deps never renders
   const shown = new Set<string>();
 
   const find = (name: string): string | undefined => {

@@ -9,6 +9,8 @@
  */
 import nunjucks from 'nunjucks';
 import { FragmentCache } from './cache';
+import { OptionError } from './errors';
+import { MemoryStore } from './stores/memory';
 import { namePart, sourceDigest } from './keys';
 import { currentSession, renderBody, RenderSession, type Block, type CacheResolver, type TagOptions } from './render';
 
@@ -54,14 +56,33 @@ function blockDigest(fn: object): string {
   return d;
 }
 
-/** The `cache` tag. Add it to an Environment with `env.addExtension('FragmentCache', new CacheExtension(resolver))`. */
+/** What {@link CacheExtension} takes: where its fragments are stored. */
+export type CacheTarget = CacheResolver | FragmentCache | { cache: FragmentCache; caches: ReadonlyMap<string, FragmentCache> };
+
+/**
+ * The `cache` tag, for your own Nunjucks Environment (an engine adds it to its own): `env.addExtension('FragmentCache',
+ * new CacheExtension(engine))`. Give it an engine (its stores and `using=` aliases), a {@link FragmentCache}, a
+ * resolver `(alias) => cache`, or nothing (a private memory store). Renders through your Environment are synchronous
+ * and take one pass: fragments on a store that cannot answer in the same tick (Redis…) render uncached there, with an
+ * `error` event; render with `engine.render()` for those.
+ */
 export class CacheExtension {
   readonly tags = ['cache'];
   private warnedAsync = false;
   private implicit: RenderSession | undefined;
+  private readonly resolveCache: CacheResolver;
 
-  /** `resolveCache(alias)` gives the cache of a `using=` alias, or the fragments default for `undefined`. */
-  constructor(private readonly resolveCache: CacheResolver) {}
+  constructor(target?: CacheTarget) {
+    if (target === undefined) {
+      const own = new FragmentCache(new MemoryStore());
+      this.resolveCache = (alias) => (alias === undefined ? own : undefined);
+    } else if (typeof target === 'function') this.resolveCache = target;
+    else if (target instanceof FragmentCache) this.resolveCache = (alias) => (alias === undefined ? target : undefined);
+    else if (target && target.cache instanceof FragmentCache && target.caches instanceof Map) {
+      const { cache, caches } = target;
+      this.resolveCache = (alias) => (alias === undefined ? (caches.get('fragments') ?? cache) : caches.get(alias));
+    } else throw new OptionError('CacheExtension', target, 'expected an engine, a FragmentCache or a function (alias) => FragmentCache');
+  }
 
   parse(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
     ownNames.add((this as { __name?: string }).__name ?? 'FragmentCache');

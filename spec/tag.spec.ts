@@ -32,6 +32,35 @@ describe('the cache tag: syntax', () => {
     expect(env.renderString('{% cache 60 plain %}other{% endcache %}', {})).toBe('other'); // different body → different digest
   });
 
+  test('CacheExtension in your own Environment takes an engine, a FragmentCache, a resolver, or nothing', async () => {
+    const engine = createEngine({ views: [], stores: { side: 'memory' } });
+    const runs: string[] = [];
+    const make = (ext: CacheExtension) => {
+      const env = new nunjucks.Environment(null, { autoescape: true });
+      env.addExtension('FragmentCache', ext);
+      env.addGlobal('run', (what: string) => (runs.push(what), ''));
+      return env;
+    };
+    const tpl = '{% cache 60 box v %}{{ run("box") }}<b>{{ v }}</b>{% endcache %}{% cache 60 other using="side" %}{{ run("other") }}o{% endcache %}';
+    const viaEngine = make(new CacheExtension(engine));
+    expect(viaEngine.renderString(tpl, { v: '<1>' })).toBe('<b>&lt;1&gt;</b>o');
+    expect(viaEngine.renderString(tpl, { v: '<1>' })).toBe('<b>&lt;1&gt;</b>o');
+    expect(runs).toEqual(['box', 'other']);
+    // The engine's stores are the ones used: engine.render() hits what the own Environment stored, and invalidation works.
+    expect(await engine.renderString('<% cache 60 box v %>never<% endcache %>', { v: '<1>' })).toBe('never'); // other body, other digest
+    await engine.invalidate('box');
+    expect(viaEngine.renderString(tpl, { v: '<1>' })).toBe('<b>&lt;1&gt;</b>o');
+    expect(runs).toEqual(['box', 'other', 'box']);
+    // No target: a private memory store. A FragmentCache: that cache.
+    const alone = make(new CacheExtension());
+    expect(alone.renderString('{% cache 60 a %}{{ run("a") }}A{% endcache %}', {}) + alone.renderString('{% cache 60 a %}{{ run("a") }}A{% endcache %}', {})).toBe('AA');
+    expect(runs.filter((r) => r === 'a')).toHaveLength(1);
+    const cached = make(new CacheExtension(engine.cache));
+    expect(cached.renderString('{% cache 60 c %}C{% endcache %}', {})).toBe('C');
+    expect(engine.cache.stats().fragments.c).toMatchObject({ misses: 1, stores: 1 });
+    expect(() => new CacheExtension(42 as never)).toThrow(/option "CacheExtension"/);
+  });
+
   test('arguments may be separated by spaces or commas', async () => {
     const { engine, runs } = engineWith();
     const t = (sep: string) => `<% cache 60${sep} box${sep} x${sep} y %>{{ x | count }}-{{ y }}<% endcache %>`;
