@@ -4,7 +4,7 @@
  */
 export { createEngine, Engine, type EngineOptions, type Explained, type ExplainOptions, type InvalidationTargets } from './engine';
 export { FragmentCache, type CacheOptions, type Counters, type SetOptions, type CacheEvents, type FragmentEvent } from './cache';
-export { CacheExtension } from './extension';
+export { CacheExtension, type CacheTarget } from './extension';
 export { fastifyViewEngine, type FastifyNunjucks, type FastifyNunjucksEnv } from './fastify';
 export type { FragmentTrace } from './render';
 export type { Store, SyncStore, StoreWrite } from './store';
