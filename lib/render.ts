@@ -422,7 +422,7 @@ export class RenderSession {
       const entry = sync.get(spec.key);
       let r: Resolution;
       // (Early refresh, when due, makes this render the one that refreshes it: same-tick renders never overlap.)
-      if (entry && this.valid(entry, spec.cache) && !this.refreshNow(entry, Date.now())) r = { kind: 'hit', entry };
+      if (entry && this.valid(entry, spec.cache) && !(this.beta && this.refreshNow(entry, Date.now()))) r = { kind: 'hit', entry };
       else {
         // Read (or create) the own tag versions before the body renders, so the entry is stamped with them.
         for (const k of this.ownTags(spec)) if (!this.versions.has(k)) this.versions.set(k, spec.cache.tagVersionSync(k));
