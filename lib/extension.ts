@@ -163,7 +163,8 @@ export class CacheExtension {
       ttl,
       new nodes.Array(line, col, vary),
       new nodes.Dict(line, col, options),
-      new nodes.Array(line, col, blocks.map(lit)),
+      // null when there are none: an empty array literal would be allocated on every render.
+      blocks.length ? new nodes.Array(line, col, blocks.map(lit)) : lit(null),
     ]);
     return new nodes.CallExtension(this, 'run', args, [body]);
   }
@@ -204,12 +205,12 @@ export class CacheExtension {
     ttl: unknown,
     vary: unknown[],
     options: TagOptions,
-    blocks: string[],
+    blocks: string[] | null,
     body: () => string,
   ): unknown {
     // A `block` inside the body renders whatever the templates extending this one put there: the key includes the
     // code of every override in the chain, so two child templates never share (and an edited override misses).
-    if (blocks.length) digest = sourceDigest(`${digest ?? '-'}|${blocks.map((b) => (context.blocks?.[b] ?? []).map(blockDigest).join(',')).join('|')}`);
+    if (blocks) digest = sourceDigest(`${digest ?? '-'}|${blocks.map((b) => (context.blocks?.[b] ?? []).map(blockDigest).join(',')).join('|')}`);
     const block: Block = { name, namePart: np, digest, line, column };
     const session = currentSession();
     // A session belongs to one engine: another engine's template rendered inside it gets its own.
