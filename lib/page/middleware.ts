@@ -3,7 +3,7 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import { OutgoingMessage, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Request } from 'express';
 import { FragmentCache } from '../cache';
 import { parseTtl, type Ttl } from '../duration';
@@ -195,17 +195,17 @@ interface Capture {
   keyed: boolean;
 }
 
-type Plan = { store: false } | { store: true; meta: PageMeta; ttlMs: number; body: Buffer };
-
-const headersSentOf = Object.getOwnPropertyDescriptor(OutgoingMessage.prototype, 'headersSent')?.get;
+/** What to do with a response once its body is known: store it (with its TTL, status and vary), or not. */
+type Plan = { store: false } | { store: true; ttlMs: number; status: number; vary: string[]; headers: Record<string, string | string[]>; etag?: string };
 
 /**
- * Wraps `writeHead`, `write`, `end`, `flushHeaders` and `sendFile` of one response. The decision is taken
- * when the headers really go out, which Node does from inside `end` (a body sent in one piece: known, so its
- * ETag can be set) or from the first `write` / `flushHeaders` (streamed: never stored). A route's explicit
- * `writeHead` is held until then (`headersSent` reads true meanwhile), so `writeHead(200) + end(body)` is
- * decided with its body. A response that is not stored keeps the `Cache-Control` and `Expires` its route set;
- * so does anything sent with `res.sendFile` / `res.download` (their 304 and HEAD answers included).
+ * Wraps `writeHead`, `write`, `end`, `flushHeaders` and `sendFile` of one response. The decision is taken when
+ * the route calls `writeHead`, or when Node sends the headers from inside `end` (a body sent in one piece: known,
+ * so its ETag is set) or from the first `write` / `flushHeaders` (streamed: never stored, and its headers are
+ * left as the route set them; so are those of `res.sendFile` / `res.download`). After an explicit `writeHead` the
+ * body is not known yet: the caching headers are set, and the page is stored if the body then comes in one
+ * `end` (its ETag is kept for the hits, this response goes without). `writeHead` itself behaves as Node's (it
+ * sends the headers; a second one throws), so middleware that hooks it (compression, sessions) keeps working.
  */
 function capture(req: PageReq, res: PageRes, c: Capture): void {
   const writeHead = res.writeHead;
@@ -216,8 +216,6 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
   let inEnd = false;
   let endBody: Buffer | undefined;
   let plan: Plan | undefined;
-  /** An explicit `writeHead(status, reason?)` held until the headers go out. */
-  let held: { status: number; reason?: string } | undefined;
 
   const decide = (): void => {
     const status = res.statusCode;
@@ -234,7 +232,7 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
       vary,
     };
     // Streamed (or a file): decided before anything else, and its headers are left as the route set them.
-    const body = streamed || !inEnd ? undefined : endBody;
+    const body = streamed ? undefined : inEnd ? endBody : 'later';
     let why: Refusal | undefined = body === undefined ? 'streamed' : refusal(facts);
     const headersOk = why === undefined;
     if (!why && req.method !== 'GET') why = 'method';
@@ -256,47 +254,40 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
       return;
     }
     let etag = res.getHeader('etag');
-    if (typeof etag !== 'string') res.setHeader('ETag', (etag = etagOf(body)));
+    if (typeof etag !== 'string' && body !== 'later') res.setHeader('ETag', (etag = etagOf(body)));
     res.setHeader('Cache-Status', 'fragcache; fwd=uri-miss; stored');
+    // The headers as this layer sends them: what middleware mounted before it adds later (compression's
+    // Content-Encoding) belongs to its own handling of the body, and it adds it again on every hit.
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of Object.entries(res.getHeaders())) {
       if (value !== undefined && !NOT_REPLAYED.has(name)) headers[name] = typeof value === 'number' ? String(value) : value;
     }
-    plan = { store: true, ttlMs, body, meta: { status, headers, vary, etag } };
+    plan = { store: true, ttlMs, status, vary, headers, etag: typeof etag === 'string' ? etag : undefined };
   };
 
   const call = (fn: (...a: unknown[]) => unknown, args: unknown[]) => fn.apply(res, args);
 
   res.writeHead = function (this: PageRes, status: number, ...rest: unknown[]) {
-    if (plan !== undefined) return call(writeHead as never, [status, ...rest]) as PageRes;
+    // Already decided, a raw header array (passed through, never stored), or a status Node will refuse.
+    if (plan !== undefined || !Number.isInteger(status) || status < 100 || status > 999) return call(writeHead as never, [status, ...rest]) as PageRes;
     const reason = typeof rest[0] === 'string' ? rest[0] : undefined;
     const headers = reason === undefined ? rest[0] : rest[1];
     if (Array.isArray(headers)) {
-      plan = { store: false }; // raw header arrays: passed through, never stored
+      plan = { store: false };
       return call(writeHead as never, [status, ...rest]) as PageRes;
     }
+    // The decision must see the headers and status given here; Node merges them the same way.
     if (headers && typeof headers === 'object') for (const [k, v] of Object.entries(headers)) if (v !== undefined) res.setHeader(k, v as string);
     res.statusCode = status;
-    if (reason !== undefined) held = { status, reason };
-    else if (held) held = { status, reason: held.reason };
-    // Node sends the headers from inside write/end/flushHeaders (implicit writeHead): decide now. Called by
-    // the route itself: hold it until then, when it is known whether the body comes in one piece.
-    if (!inEnd && !streamed) {
-      held ??= { status };
-      if (!Object.prototype.hasOwnProperty.call(res, 'headersSent')) {
-        // For the route (and Express's final handler), the headers are sent from now on.
-        Object.defineProperty(res, 'headersSent', { configurable: true, get: () => held !== undefined || Boolean(headersSentOf?.call(res)) });
-      }
-      return res;
-    }
     decide();
-    const r = held?.reason;
-    held = undefined;
-    return (r === undefined ? writeHead.call(res, res.statusCode) : call(writeHead as never, [res.statusCode, r])) as PageRes;
+    const out = call(writeHead as never, reason === undefined ? [res.statusCode] : [res.statusCode, reason]) as PageRes;
+    // Hooks that run inside writeHead (a session middleware mounted before this one) may have set a cookie.
+    if ((plan as Plan | undefined)?.store && res.hasHeader('set-cookie')) plan = { store: false };
+    return out;
   } as typeof res.writeHead;
 
   res.write = function (this: PageRes, ...args: unknown[]) {
-    streamed = true; // Node sends the headers (a held writeHead too) from inside this call
+    streamed = true; // Node sends the headers from inside this call
     return call(write as never, args) as boolean;
   } as typeof res.write;
 
@@ -316,7 +307,7 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
 
   res.end = function (this: PageRes, ...args: unknown[]) {
     const [chunk, encoding] = typeof args[0] === 'function' ? [undefined, undefined] : [args[0], typeof args[1] === 'function' ? undefined : args[1]];
-    if (!streamed && plan === undefined) endBody = toBuffer(chunk, encoding);
+    if (!streamed && plan?.store !== false) endBody = toBuffer(chunk, encoding);
     inEnd = true;
     let out: PageRes;
     try {
@@ -324,10 +315,11 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
     } finally {
       inEnd = false;
     }
-    if (plan?.store) {
-      const p = plan;
+    const p = plan;
+    if (p?.store && !streamed && endBody !== undefined && !res.hasHeader('set-cookie')) {
       plan = { store: false };
-      void finish(res, c, p);
+      const etag = p.etag ?? etagOf(endBody);
+      void finish(res, c, { ttlMs: p.ttlMs, body: endBody, meta: { status: p.status, headers: { ...p.headers, etag }, vary: p.vary, etag } });
     }
     return out;
   } as typeof res.end;
