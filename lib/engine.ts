@@ -90,29 +90,25 @@ export interface Explained {
 const ANGLE = { blockStart: '<%', blockEnd: '%>' };
 
 /**
- * Environments made by engines. Nunjucks reports a syntax error in an imported template (`import`, `from`)
- * without that template's name, so it reads as an error of the importer at the imported file's line: for these
- * environments, name the imported template in the error as `render` does for included ones.
+ * Environments made by engines. Nunjucks reports a syntax error found while compiling a template it loads for
+ * another (`import`, `from`, and any template whose earlier failed load left it uncompiled in the loader cache)
+ * without that template's name, so it reads as an error of the template being rendered: for these
+ * environments, every compile error names the template it is in.
  */
 const engineEnvs = new WeakSet<object>();
 {
-  type Tmpl = { env: object; path?: string; compile(): void };
-  const proto = (nunjucks.Template as unknown as { prototype: Tmpl & { getExported: (...a: unknown[]) => unknown; __fragcache?: boolean } }).prototype;
+  type Tmpl = { env: object; path?: string; compiled?: boolean; compile(): void; __fragcache?: boolean };
+  const proto = (nunjucks.Template as unknown as { prototype: Tmpl }).prototype;
   if (!proto.__fragcache) {
-    const getExported = proto.getExported;
+    const compile = proto.compile;
     const prettify = (nunjucks as unknown as { lib: { _prettifyError(path: string | undefined, withInternals: boolean, e: unknown): unknown } }).lib._prettifyError;
-    proto.getExported = function (this: Tmpl, ...args: unknown[]) {
-      if (engineEnvs.has(this.env)) {
-        try {
-          this.compile();
-        } catch (e) {
-          const err = prettify(this.path, true, e);
-          const cb = args.find((a) => typeof a === 'function') as ((e: unknown) => void) | undefined;
-          if (cb) return cb(err);
-          throw err;
-        }
+    proto.compile = function (this: Tmpl) {
+      if (this.compiled || !engineEnvs.has(this.env)) return compile.call(this);
+      try {
+        return compile.call(this);
+      } catch (e) {
+        throw prettify(this.path, true, e);
       }
-      return getExported.apply(this, args);
     };
     proto.__fragcache = true;
   }

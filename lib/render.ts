@@ -179,7 +179,9 @@ export class RenderSession {
   /** What this render wrote to same-tick stores at once: taken back if the render fails (see {@link fail}). */
   private readonly syncWritten = new Map<string, FragmentCache>();
   /** For explain: the fragments traced inside each fragment this render produced (listed again when later passes serve it). */
-  private readonly freshTraces = new Map<string, FragmentTrace[]>();
+  private readonly freshTraces = new Map<string, { pass: number; traces: FragmentTrace[] }>();
+  /** Passes started by this session (for {@link freshTraces}). */
+  private passCount = 0;
   /** Fragments of the current pass, when tracing. */
   trace: FragmentTrace[] | undefined;
   private tracing: boolean;
@@ -235,6 +237,7 @@ export class RenderSession {
   pass<T>(fn: () => T): T {
     const previous = current;
     current = this;
+    this.passCount++;
     this.wanted.clear();
     this.trace = this.tracing ? [] : undefined;
     try {
@@ -303,21 +306,18 @@ export class RenderSession {
       this.wanted.set(spec.key, spec);
       return '';
     }
-    if (r.kind === 'miss' && this.wanted.size > 0 && !this.lastPass) {
-      // A fragment still unknown earlier in this pass makes this body's output provisional (see `tainted` below):
-      // another pass follows anyway, so render it then, once, instead of now and again.
-      for (const f of this.stack) f.complete = false;
-      return '';
-    }
     const depth = this.depth;
     // Traced in the order fragments open, so nested ones follow their parent.
     const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
     if (r.kind === 'hit') {
       this.inherit(spec.cache, r.entry.tags);
       if (traced) {
-        this.traceClose(traced, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
-        // Rendered in an earlier pass of this render: list what was rendered inside it then.
-        if (r.fresh) for (const t of this.freshTraces.get(spec.key) ?? []) this.trace!.push({ ...t, depth: depth + t.depth });
+        // Rendered by this render in an earlier pass: a miss, with what was rendered inside it then. Rendered
+        // earlier in this same pass (the fragment repeats): served from that, a hit, as on a same-tick store.
+        const fresh = r.fresh ? this.freshTraces.get(spec.key) : undefined;
+        const earlier = fresh !== undefined && fresh.pass < this.passCount;
+        this.traceClose(traced, earlier ? 'miss' : r.stale ? 'stale' : 'hit', started, r.entry);
+        if (earlier) for (const t of fresh.traces) this.trace!.push({ ...t, depth: depth + t.depth });
       }
       return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
@@ -371,7 +371,8 @@ export class RenderSession {
     if (traced) {
       this.traceClose(traced, 'miss', started, entry);
       const at = this.trace!.indexOf(traced);
-      this.freshTraces.set(spec.key, this.trace!.slice(at + 1).map((t) => ({ ...t, depth: t.depth - depth }))); // depths relative to it
+      const traces = this.trace!.slice(at + 1).map((t) => ({ ...t, depth: t.depth - depth })); // depths relative to it
+      this.freshTraces.set(spec.key, { pass: this.passCount, traces });
     }
     return new SafeString(this.annotating ? annotate(block.name, 'miss', now, out) : out);
   }
