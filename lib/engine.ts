@@ -8,9 +8,9 @@ import path from 'node:path';
 import nunjucks from 'nunjucks';
 import { FragmentCache, type CacheEvents, type Counters } from './cache';
 import { AsyncTemplateError, FragcacheError, OptionError, TemplateError } from './errors';
-import { CacheExtension } from './extension';
+import { CacheExtension, compilingTemplate } from './extension';
 import type { GuardOptions } from './guard';
-import { RenderSession, type FragmentTrace } from './render';
+import { RenderSession, SharedFailure, type FragmentTrace } from './render';
 import { createStore, type StoreSpec } from './stores';
 
 /** Options of {@link createEngine}. */
@@ -103,11 +103,14 @@ const engineEnvs = new WeakSet<object>();
     const compile = proto.compile;
     const prettify = (nunjucks as unknown as { lib: { _prettifyError(path: string | undefined, withInternals: boolean, e: unknown): unknown } }).lib._prettifyError;
     proto.compile = function (this: Tmpl) {
-      if (this.compiled || !engineEnvs.has(this.env)) return compile.call(this);
+      if (this.compiled) return compile.call(this);
+      const previous = compilingTemplate(this.path); // cache tags record where they are
       try {
         return compile.call(this);
       } catch (e) {
-        throw prettify(this.path, true, e);
+        throw engineEnvs.has(this.env) ? prettify(this.path, true, e) : e;
+      } finally {
+        compilingTemplate(previous);
       }
     };
     proto.__fragcache = true;
@@ -307,6 +310,11 @@ export class Engine extends EventEmitter<CacheEvents> {
   /** Turns a Nunjucks error into a {@link TemplateError} naming the template, line and column where it happened. */
   templateError(err: unknown, fallbackName?: string): FragcacheError {
     if (err instanceof FragcacheError) return err;
+    if (err instanceof SharedFailure) {
+      // Another render's failure in a fragment this one waited for: where that fragment is.
+      const name = this.relative(err.template ?? fallbackName);
+      return new TemplateError(`${name}:${err.line}:${err.column}: ${err.message}`, name, err.line, err.column, { cause: err.cause });
+    }
     const e = err as Error & { cause?: unknown };
     const message = String(e?.message ?? err);
     let template: string | undefined;

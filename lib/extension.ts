@@ -48,6 +48,16 @@ const nunjucksNodes: Nodes = (nunjucks as unknown as { nodes: Nodes }).nodes;
   }
 }
 
+/** Path of the template being compiled (set around Template#compile by the engine), for error messages. */
+let compiling: string | undefined;
+
+/** @internal Sets the path of the template being compiled; returns the previous one. */
+export function compilingTemplate(path: string | undefined): string | undefined {
+  const previous = compiling;
+  compiling = path;
+  return previous;
+}
+
 /** Digest of a compiled block function (its code), computed once per function. */
 const blockDigests = new WeakMap<object, string>();
 function blockDigest(fn: object): string {
@@ -165,6 +175,7 @@ export class CacheExtension {
       new nodes.Dict(line, col, options),
       // null when there are none: an empty array literal would be allocated on every render.
       blocks.length ? new nodes.Array(line, col, blocks.map(lit)) : lit(null),
+      lit(compiling ?? null),
     ]);
     return new nodes.CallExtension(this, 'run', args, [body]);
   }
@@ -206,12 +217,13 @@ export class CacheExtension {
     vary: unknown[],
     options: TagOptions,
     blocks: string[] | null,
+    template: string | null,
     body: () => string,
   ): unknown {
     // A `block` inside the body renders whatever the templates extending this one put there: the key includes the
     // code of every override in the chain, so two child templates never share (and an edited override misses).
     if (blocks) digest = sourceDigest(`${digest ?? '-'}|${blocks.map((b) => (context.blocks?.[b] ?? []).map(blockDigest).join(',')).join('|')}`);
-    const block: Block = { name, namePart: np, digest, line, column };
+    const block: Block = { name, namePart: np, digest, line, column, template: template ?? undefined };
     const session = currentSession();
     // A session belongs to one engine: another engine's template rendered inside it gets its own.
     if (session && session.resolver === this.resolveCache) return session.fragment(block, ttl, vary, options, body);

@@ -29,6 +29,8 @@ export interface Block {
   /** 1-based position of the tag. */
   line: number;
   column: number;
+  /** Path of the template the tag is in, when known. */
+  template?: string;
 }
 
 /** Options given in the tag (`tags=`, `when=`, `using=`, `stale=`). */
@@ -94,10 +96,16 @@ const SafeString = nunjucks.runtime.SafeString;
  * The error of a fragment that failed in a concurrent render this one waited for (single-flight shares it).
  * Thrown outside any template, so it names the fragment and its line itself.
  */
-class SharedFailure extends Error {
+export class SharedFailure extends Error {
+  readonly template: string | undefined;
+  readonly line: number;
+  readonly column: number;
   constructor(cause: unknown, block: Block) {
-    super(`cache "${block.name}" (line ${block.line}, column ${block.column}): ${String((cause as Error)?.message ?? cause).replace(/^[\s\S]*\n\s*/, '')} (the same fragment failed in a concurrent render)`, { cause });
+    super(`cache "${block.name}": ${String((cause as Error)?.message ?? cause).replace(/^[\s\S]*\n\s*/, '')} (the same fragment failed in a concurrent render)`, { cause });
     this.name = 'Error';
+    this.template = block.template;
+    this.line = block.line;
+    this.column = block.column;
   }
 }
 

@@ -503,7 +503,18 @@ describe('second review: error reports', () => {
     const results = await Promise.allSettled([0, 1, 2].map(() => engine.renderString(src, { fn }, 'rows.njk')));
     const messages = results.map((r) => (r.status === 'rejected' ? String((r.reason as Error).message) : 'resolved'));
     expect(messages.filter((m) => /^rows\.njk:3:\d+: Error: boom/.test(m))).toHaveLength(1);
-    for (const m of messages.filter((x) => !/^rows\.njk:3/.test(x))) expect(m).toMatch(/^rows\.njk: cache "row" \(line 2, column \d+\): boom \(the same fragment failed in a concurrent render\)/);
+    for (const m of messages.filter((x) => !/^rows\.njk:3/.test(x))) expect(m).toMatch(/^rows\.njk:2:\d+: cache "row": boom \(the same fragment failed in a concurrent render\)/);
+  });
+
+  test('fixed: the shared error of a fragment in an included template names that template, line and column', async () => {
+    const engine = createEngine({ views: views({ 'pg.njk': 'a\n<% include "part.njk" %>', 'part.njk': 'x\ny\n  <% cache 60 K %>{{ fn() }}<% endcache %>' }), store: keyvStore() });
+    const fn = () => {
+      throw new Error('BOOM');
+    };
+    const results = await Promise.allSettled([0, 1, 2].map(() => engine.render('pg.njk', { fn })));
+    const shared = results.map((r) => (r.status === 'rejected' ? (r.reason as TemplateError) : undefined)).filter((e) => e && /concurrent render/.test(e.message));
+    expect(shared.length).toBeGreaterThan(0);
+    for (const e of shared) expect(e).toMatchObject({ template: 'part.njk', line: 3, message: expect.stringMatching(/^part\.njk:3:\d+: cache "K": BOOM/) });
   });
 });
 
