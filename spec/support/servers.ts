@@ -155,7 +155,8 @@ export function describeWith(a: Pick<Availability, 'reason'> & { ok: boolean }, 
     return;
   }
   console.warn(`\n*** ${message} ***\n`);
-  describe.skip(name, fn);
+  // The reason is in the suite's name too, so Jest's own report of the skipped tests says why.
+  describe.skip(`${name} (SKIPPED: ${a.reason})`, fn);
 }
 
 /** Availability of a server for {@link describeWith}. */
