@@ -2,10 +2,10 @@
  * Turns what the user gives as `store` (a URL, a Keyv, an adapter, a Store) into a {@link Store}.
  * @module
  */
-import Keyv from 'keyv';
+import type Keyv from 'keyv';
 import { OptionError } from '../errors';
 import type { Store } from '../store';
-import { KeyvStore } from './keyv';
+import { isKeyv, KeyvStore } from './keyv';
 import { MemoryStore, type MemoryStoreOptions } from './memory';
 
 /**
@@ -39,7 +39,7 @@ function isStore(x: unknown): x is Store {
 export function createStore(spec: StoreSpec | undefined, options: Record<string, unknown> = {}, option = 'store'): Store {
   if (spec === undefined || spec === 'memory') return new MemoryStore(options as MemoryStoreOptions);
   if (isStore(spec)) return spec;
-  if (spec instanceof Keyv) return new KeyvStore(spec);
+  if (isKeyv(spec)) return new KeyvStore(spec);
   if (typeof spec === 'string') {
     const m = /^([a-z][a-z0-9+.-]*):/i.exec(spec);
     const scheme = m?.[1].toLowerCase();

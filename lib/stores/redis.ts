@@ -57,6 +57,7 @@ interface RedisLike {
   masters?: unknown[];
   destroy?(): void;
   close?(): Promise<void>;
+  unref?(): void;
   quit?(): Promise<unknown>;
 }
 
@@ -98,6 +99,9 @@ export class RedisStore implements Store {
   private l1Seq = 0;
   private subscriber: RedisLike | undefined;
   private readonly channel: string;
+  /** The connection attempts in flight (close() waits for them, see {@link shutDown}). */
+  private attempt: () => Promise<void> = async () => undefined;
+  private subAttempt: () => Promise<void> = async () => undefined;
 
   constructor(connect: string | Record<string, unknown>, options: RedisStoreOptions = {}) {
     const connectTimeout = positive('connectTimeout', options.connectTimeout, 1000);
@@ -139,6 +143,7 @@ export class RedisStore implements Store {
     void this.firstAttempt.then(() => (this.firstAttempt = undefined));
     // A cluster or sentinel client emits no 'ready': its connect() resolving ends the first attempt too.
     this.client.connect().then(settle, (err: Error) => ((this.lastError = err), settle()));
+    this.attempt = trackAttempts(this.client);
     this.channel = `${options.namespace ?? 'fragcache'}:l1`;
     if (options.l1) {
       const o = options.l1 === true ? {} : options.l1;
@@ -155,6 +160,7 @@ export class RedisStore implements Store {
   private subscribe(onError?: (err: Error) => void): void {
     const sub = (this.client as unknown as { duplicate(): RedisLike & { subscribe(ch: string, fn: (m: string) => void): Promise<void> } }).duplicate();
     this.subscriber = sub;
+    this.subAttempt = trackAttempts(sub);
     const down = () => {
       this.l1Live = false;
       this.l1!.clear();
@@ -313,13 +319,53 @@ export class RedisStore implements Store {
     if (this.closed) return;
     this.closed = true;
     this.l1Live = false;
-    this.subscriber?.destroy?.();
+    await Promise.all([this.subscriber ? shutDown(this.subscriber, this.subAttempt) : undefined, shutDown(this.client, this.attempt)]);
+  }
+}
+
+/**
+ * Watches a client's connection attempts: the returned function resolves once none is in flight (at once when
+ * none is). An attempt runs from `connect()` or `reconnecting` to `ready` or `error`.
+ */
+function trackAttempts(client: RedisLike): () => Promise<void> {
+  let done: (() => void) | undefined;
+  let inFlight: Promise<void> | undefined;
+  const start = () => {
+    if (!inFlight) inFlight = new Promise<void>((r) => (done = r));
+  };
+  const end = () => {
+    inFlight = undefined;
+    done?.();
+  };
+  start();
+  client.on('reconnecting', start);
+  client.on('ready', end);
+  client.on('error', end);
+  return async () => inFlight;
+}
+
+/**
+ * Closes a node-redis client whatever its state. Destroying a client while its socket is still connecting does
+ * not stop that socket (node-redis has no handle on it yet): it would connect afterwards and keep the process
+ * alive. So wait for an attempt in flight to end (bounded by the connect timeout), then close; and unref first, so
+ * that even a connection the client still opens later does not hold the process.
+ */
+async function shutDown(client: RedisLike, attempt: () => Promise<void>): Promise<void> {
+  try {
+    client.unref?.();
+  } catch {
+    // cluster and sentinel clients have no unref: their close below suffices
+  }
+  await attempt();
+  try {
+    if (client.isReady && client.close) await client.close();
+    else if (client.isReady && client.quit) await client.quit();
+    else client.destroy?.();
+  } catch {
     try {
-      if (this.client.isReady && this.client.close) await this.client.close();
-      else if (this.client.isReady && this.client.quit) await this.client.quit();
-      else this.client.destroy?.();
+      client.destroy?.();
     } catch {
-      this.client.destroy?.();
+      // already closed
     }
   }
 }
