@@ -5,6 +5,8 @@
  * never touches keys it did not write.
  */
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
 import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -218,6 +220,20 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     expect(statusOf(after.stderr, 'nav')).toEqual(['hit']);
   });
 
+  test('invalidate with no matching stored entry says so, lists the stored variants with typed values, exits 1, and writes nothing', async () => {
+    const tagKeys = async () => (await client.keys(`${prefix}:tag:*`)).sort();
+    const before = await tagKeys();
+    const str = await cli('invalidate', 'sidebar', '7'); // the string "7": the stored variant varies on the number 7
+    expect([str.code, str.stdout]).toEqual([1, '']);
+    expect(str.stderr).toBe(
+      `error: no stored entry of fragment "sidebar" with vary "7" (looked under ${prefix}:1:f:sidebar/): nothing was invalidated. Stored variants of "sidebar":\n  7\nVary values are strings unless you add --json (then 7 is the number 7, "7" the string).\n`,
+    );
+    const typo = await cli('invalidate', 'sidebra');
+    expect([typo.code, typo.stdout]).toEqual([1, '']);
+    expect(typo.stderr).toMatch(/^error: no stored entry of fragment "sidebra" \(looked under .*\): nothing was invalidated\. Stored fragment names: .*\bsidebar\b/);
+    expect(await tagKeys()).toEqual(before); // no version record left behind by either
+  });
+
   test('stats counts entries and bytes per kind and per fragment name', async () => {
     const r = await cli('stats', '--json');
     expect(r.code).toBe(0);
@@ -265,6 +281,33 @@ describe('an unreachable store', () => {
       expect(r.stderr).toMatch(builtIn ? new RegExp(`^error: store redis://127\\.0\\.0\\.1:${port}/? is unreachable: `) : /^error: the redis store is unreachable: /);
       expect(r.stderr).not.toMatch(/\n\s+at /);
       expect(Date.now() - started).toBeLessThan(8000);
+    }
+  }, 60_000);
+});
+
+describe('a refused connection and a silent server', () => {
+  // Refused (nothing listens): fails at once. Accepted but never answered: the probe waits its 3 s budget.
+  test('ECONNREFUSED fails at once; a store that accepts and never answers waits the 3 s budget', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-refused-'));
+    const silent = net.createServer(() => undefined).listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const silentPort = (silent.address() as net.AddressInfo).port;
+    try {
+      for (const scheme of ['redis', 'memcache']) {
+        const t0 = Date.now();
+        const r = await run(['keys', '--store', `${scheme}://127.0.0.1:${await freePort()}`], { cwd: dir });
+        const refusedMs = Date.now() - t0;
+        expect([scheme, r.code, r.stderr]).toEqual([scheme, 1, expect.stringMatching(/is unreachable: .*ECONNREFUSED/)]);
+        const t1 = Date.now();
+        const s = await run(['keys', '--store', `${scheme}://127.0.0.1:${silentPort}`], { cwd: dir });
+        const silentMs = Date.now() - t1;
+        expect([scheme, s.code, s.stderr]).toEqual([scheme, 1, expect.stringContaining('is unreachable')]);
+        expect(silentMs).toBeGreaterThanOrEqual(3000);
+        // The process itself takes a second or so to start on a loaded machine; before, refusals took 3 s more.
+        expect(refusedMs).toBeLessThan(silentMs - 1500);
+      }
+    } finally {
+      silent.close();
     }
   }, 60_000);
 });

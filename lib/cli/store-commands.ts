@@ -256,7 +256,12 @@ export async function invalidate(
     if (tags) {
       await cache.invalidateTag(...tags);
       process.stdout.write(`invalidated everything tagged ${tags.map((t) => JSON.stringify(t)).join(', ')}\n`);
-    } else if (values.length) {
+      return;
+    }
+    // Only when something matches: an invalidation writes a version record, which a typo would leave behind.
+    if (cache.store.keys) await mustMatch(cache, name!, values, vary, options.json);
+    else process.stderr.write(`note: the ${cache.store.kind} store cannot list its keys, so whether any stored entry matched is not known\n`);
+    if (values.length) {
       await cache.invalidate(name!, values);
       process.stdout.write(`invalidated fragment "${name}" with vary ${fmt.vary(values, 200)} (and every fragment containing it)\n`);
     } else {
@@ -264,6 +269,35 @@ export async function invalidate(
       process.stdout.write(`invalidated fragment "${name}", every variant (and every fragment containing one)\n`);
     }
   });
+}
+
+/** A vary tuple with each value's type visible: `7`, `"7"`, `true`, `null`, `2026-11-20T10:00:00.000Z (date)`. */
+function typed(values: readonly unknown[]): string {
+  return values.map((v) => (v instanceof Date ? `${v.toISOString()} (date)` : fmt.vary([v], 60))).join(', ');
+}
+
+/**
+ * Fails (exit 1, nothing written) when no stored entry of fragment `name` (with exactly these vary values, if
+ * given) exists, listing the variants that do exist with their typed values.
+ */
+async function mustMatch(cache: FragmentCache, name: string, values: unknown[], raw: readonly string[], json: boolean | undefined): Promise<void> {
+  const under = `${cache.base}f:${namePart(name)}/`;
+  const found = await scan(cache, under);
+  const exact = values.length ? varyPart(values) : undefined;
+  const parts = found.map((k) => keyInfo(k, cache.prefix, cache.version));
+  if (exact === undefined ? found.length : parts.some((p) => p.varyPart === exact)) return;
+  let msg = `no stored entry of fragment "${name}"${values.length ? ` with vary ${typed(values)}` : ''} (looked under ${under}): nothing was invalidated`;
+  if (found.length) {
+    const variants = [...new Map(parts.map((p) => [p.varyPart ?? '', p])).values()];
+    const shown = variants.slice(0, 20).map((p) => `  ${p.vary ? (p.vary.length ? typed(p.vary) : '(no vary values)') : `(hashed: ${p.varyPart})`}`);
+    if (variants.length > 20) shown.push(`  … and ${variants.length - 20} more (fragcache keys ${name})`);
+    msg += `. Stored variants of "${name}":\n${shown.join('\n')}`;
+    if (!json && raw.some((v) => /^(-?\d|true$|false$|null$)/.test(v))) msg += '\nVary values are strings unless you add --json (then 7 is the number 7, "7" the string).';
+  } else {
+    const names = new Set((await scan(cache, `${cache.base}f:`)).map((k) => keyInfo(k, cache.prefix, cache.version).name).filter((n): n is string => !!n));
+    msg += names.size ? `. Stored fragment names: ${[...names].sort().slice(0, 30).join(', ')}` : '. The store holds no fragments under this prefix.';
+  }
+  throw new CliError(msg);
 }
 
 /** `fragcache stats`: what the store holds under the prefix. */

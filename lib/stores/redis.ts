@@ -324,8 +324,9 @@ export class RedisStore implements Store {
 }
 
 /**
- * Watches a client's connection attempts: the returned function resolves once none is in flight (at once when
- * none is). An attempt runs from `connect()` or `reconnecting` to `ready` or `error`.
+ * Watches a client's socket being opened: the returned function resolves once no socket is being opened (at once
+ * when none is). Opening runs from `connect()` or `reconnecting` to `connect` (the socket is open: node-redis holds
+ * it and can destroy it) or `error`; a connect timeout bounds it.
  */
 function trackAttempts(client: RedisLike): () => Promise<void> {
   let done: (() => void) | undefined;
@@ -339,23 +340,19 @@ function trackAttempts(client: RedisLike): () => Promise<void> {
   };
   start();
   client.on('reconnecting', start);
+  client.on('connect', end);
   client.on('ready', end);
   client.on('error', end);
   return async () => inFlight;
 }
 
 /**
- * Closes a node-redis client whatever its state. Destroying a client while its socket is still connecting does
+ * Closes a node-redis client whatever its state. Destroying a client while its socket is still being opened does
  * not stop that socket (node-redis has no handle on it yet): it would connect afterwards and keep the process
- * alive. So wait for an attempt in flight to end (bounded by the connect timeout), then close; and unref first, so
- * that even a connection the client still opens later does not hold the process.
+ * alive. So wait until the socket is open or has failed (at most the connect timeout), then close or destroy it;
+ * then unref, so that nothing this client might still open can hold the process.
  */
 async function shutDown(client: RedisLike, attempt: () => Promise<void>): Promise<void> {
-  try {
-    client.unref?.();
-  } catch {
-    // cluster and sentinel clients have no unref: their close below suffices
-  }
   await attempt();
   try {
     if (client.isReady && client.close) await client.close();
@@ -367,6 +364,11 @@ async function shutDown(client: RedisLike, attempt: () => Promise<void>): Promis
     } catch {
       // already closed
     }
+  }
+  try {
+    client.unref?.();
+  } catch {
+    // cluster and sentinel clients have no unref: their close above suffices
   }
 }
 
