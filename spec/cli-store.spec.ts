@@ -312,6 +312,28 @@ describe('a refused connection and a silent server', () => {
   }, 60_000);
 });
 
+describe('a store that cannot list its keys (as Memcached)', () => {
+  test('keys, inspect and stats say why they cannot work and that invalidate and clear do; those two work', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-nolist-'));
+    // The store interface without keys(), named as the Memcached store is (no memcached needed for this).
+    writeFileSync(
+      path.join(dir, 'fragcache.config.js'),
+      `const writes = [];
+module.exports = { store: { kind: 'memcache', shared: true,
+  async getMany(keys) { return keys.map(() => undefined); }, async setMany(w) { writes.push(...w); }, async add() { return true; },
+  async deleteMany() {}, async clear() { return undefined; }, async close() {} } };`,
+    );
+    for (const args of [['keys'], ['inspect', 'nav'], ['stats']]) {
+      const r = await run(args, { cwd: dir });
+      expect([args, r.code, r.stderr]).toEqual([args, 1, 'error: the memcache store cannot list its keys (Memcached has no command that lists keys), so keys, inspect and stats cannot work on it; invalidate and clear do\n']);
+    }
+    const inv = await run(['invalidate', 'nav'], { cwd: dir });
+    expect([inv.code, inv.stdout, inv.stderr]).toEqual([0, 'invalidated fragment "nav", every variant (and every fragment containing one)\n', 'note: the memcache store cannot list its keys, so whether any stored entry matched is not known\n']);
+    const clear = await run(['clear'], { cwd: dir });
+    expect([clear.code, clear.stdout]).toEqual([0, expect.stringMatching(/^cleared every key under "fc:"/)]);
+  }, 30_000);
+});
+
 describe('store commands on a SQLite file', () => {
   const TEMPLATES = path.join(ROOT, 'templates');
   // The built store factory, as the CLI itself uses it (the specs run the built CLI).

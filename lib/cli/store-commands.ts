@@ -30,7 +30,10 @@ async function withCache(options: ConfigFlags, fn: (cache: FragmentCache, config
 /** Every key under `prefix`, with a progress line on a TTY. */
 async function scan(cache: FragmentCache, prefix: string, filter: (k: string) => boolean = () => true): Promise<string[]> {
   const store = cache.store;
-  if (!store.keys) throw new CliError(`the ${store.kind} store cannot list its keys, so keys, inspect, stats and clear cannot work on it`);
+  if (!store.keys) {
+    const why = store.kind === 'memcache' ? ' (Memcached has no command that lists keys)' : '';
+    throw new CliError(`the ${store.kind} store cannot list its keys${why}, so keys, inspect and stats cannot work on it; invalidate and clear do`);
+  }
   const bar = progress();
   const out: string[] = [];
   let seen = 0;

@@ -7,6 +7,7 @@ import { OptionError } from '../errors';
 import type { Store } from '../store';
 import { isKeyv, KeyvStore } from './keyv';
 import { MemoryStore, type MemoryStoreOptions } from './memory';
+import { checkParams, numberParam } from './params';
 
 /**
  * What `store` accepts: `"memory"` (default), `"memory://?maxBytes=N"`, a URL of another backend
@@ -44,8 +45,10 @@ export function createStore(spec: StoreSpec | undefined, options: Record<string,
     const m = /^([a-z][a-z0-9+.-]*):/i.exec(spec);
     const scheme = m?.[1].toLowerCase();
     if (scheme === 'memory') {
-      const max = new URL(spec).searchParams.get('maxBytes');
-      return new MemoryStore({ ...options, ...(max ? { maxBytes: Number(max) } : {}) });
+      const query = new URL(spec).searchParams;
+      checkParams(spec, query, ['maxBytes']);
+      const max = numberParam(query, 'maxBytes', 'bytes', true);
+      return new MemoryStore({ ...options, ...(max ? { maxBytes: max } : {}) });
     }
     const factory = scheme ? schemes.get(scheme) : undefined;
     if (!factory) {

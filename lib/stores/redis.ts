@@ -17,6 +17,7 @@ import { LRUCache } from 'lru-cache';
 import { decodeEntry, encodeEntry, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import type { Store, StoreWrite } from '../store';
+import { booleanParam, checkParams, numberParam } from './params';
 
 /** Options of {@link RedisStore} (also accepted as query parameters of the URL, e.g. `?connectTimeout=500`). */
 export interface RedisStoreOptions {
@@ -388,11 +389,12 @@ export function redisFromUrl(url: string, options: Record<string, unknown> = {})
     if (!/^\/?\d*$/.test(parsed.pathname)) throw new OptionError('store', url, 'the path must be a database number, as in redis://host:6379/2');
   }
   const q = parsed.searchParams;
+  checkParams(url, q, ['connectTimeout', 'maxBackoffMs', 'l1']);
   const opts: RedisStoreOptions = {
     ...(options as RedisStoreOptions),
-    connectTimeout: (options.connectTimeout as number | undefined) ?? (q.has('connectTimeout') ? (q.get('connectTimeout') as unknown as number) : undefined),
-    maxBackoffMs: (options.maxBackoffMs as number | undefined) ?? (q.has('maxBackoffMs') ? (q.get('maxBackoffMs') as unknown as number) : undefined),
-    l1: (options.l1 as RedisStoreOptions['l1']) ?? (q.has('l1') ? !['0', 'false', 'no'].includes(q.get('l1')!) : undefined),
+    connectTimeout: (options.connectTimeout as number | undefined) ?? numberParam(q, 'connectTimeout', 'milliseconds'),
+    maxBackoffMs: (options.maxBackoffMs as number | undefined) ?? numberParam(q, 'maxBackoffMs', 'milliseconds'),
+    l1: (options.l1 as RedisStoreOptions['l1']) ?? booleanParam(q, 'l1'),
   };
   q.delete('l1');
   q.delete('connectTimeout');

@@ -11,6 +11,7 @@ import type Database from 'better-sqlite3';
 import { decodeEntry, encodeEntry, type Entry } from '../entry';
 import { MissingDependencyError, OptionError } from '../errors';
 import type { Store, StoreWrite, SyncStore } from '../store';
+import { checkParams } from './params';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -187,6 +188,7 @@ export function sqliteFromUrl(url: string, options: Record<string, unknown> = {}
   const m = /^sqlite:\/\/([^?#]*)(?:\?(.*))?$/i.exec(url);
   if (!m || !m[1]) throw new OptionError('store', url, 'expected sqlite://path/to/file.db');
   const q = new URLSearchParams(m[2] ?? '');
+  checkParams(url, q, ['table']);
   return new SqliteStore(decodeURIComponent(m[1]), {
     ...(options as SqliteStoreOptions),
     ...(q.has('table') ? { table: q.get('table')! } : {}),
