@@ -156,6 +156,36 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     expect(none.stderr).toMatch(/^no keys under ".*" matching zzz\*/);
   });
 
+  test('keys, stats and preview --explain fit COLUMNS (keys cut in the middle) unless --wide; hashed vary values read as values', async () => {
+    const saved = process.env.COLUMNS;
+    process.env.COLUMNS = '100';
+    try {
+      const narrow = await cli('keys');
+      const lines = narrow.stdout.trimEnd().split('\n');
+      expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(100);
+      expect(narrow.stdout).toMatch(/^tcli\w*…\S*10:00:00Z +fragment /m); // the start and the end of the key
+      // badge varies on titles with spaces, so its key holds a hash of them; the values are shown all the same.
+      expect(narrow.stdout).toMatch(/ badge \("Russian dolls, explained", 1200\)$/m);
+      const wide = await cli('keys', '--wide');
+      expect(Math.max(...wide.stdout.split('\n').map((l) => l.length))).toBeGreaterThan(100);
+      expect(wide.stdout).toContain(`${prefix}:1:f:article-card/`);
+      const json = JSON.parse((await cli('keys', 'badge', '--json')).stdout) as { varyPreview?: string }[];
+      expect(json.map((r) => r.varyPreview).sort()).toEqual(['"Caching fragments <safely>", 950', '"Russian dolls, explained", 1200']);
+      const explain = await preview();
+      expect(Math.max(...explain.stderr.split('\n').map((l) => l.length))).toBeLessThanOrEqual(100);
+      const explainWide = await cli('preview', 'page.njk', '--data', path.join(ROOT, 'templates', 'data', 'page.yaml'), '--explain', '--wide');
+      expect(explain.stderr).not.toContain(`${prefix}:1:f:sidebar/`);
+      expect(explainWide.stderr).toContain(`${prefix}:1:f:sidebar/`);
+      const stats = await cli('stats');
+      expect([stats.code, Math.max(...stats.stdout.split('\n').map((l) => l.length)) <= 100]).toEqual([0, true]);
+      const inspect = await cli('inspect', 'badge');
+      expect(inspect.stdout).toMatch(/^ {2}vary {8}"Russian dolls, explained", 1200 \(hashed in the key\)$/m);
+    } finally {
+      if (saved === undefined) delete process.env.COLUMNS;
+      else process.env.COLUMNS = saved;
+    }
+  }, 60_000);
+
   test('without a config file: FRAGCACHE_STORE or --store point the commands at the Redis', async () => {
     if (storeMode(redis.url) !== 'url') return console.warn('SKIPPED: redis:// is not a registered scheme in this build');
     const empty = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-noconfig-'));

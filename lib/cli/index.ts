@@ -85,7 +85,8 @@ Examples (in an empty folder, fragcache init first):
       .argument('<template>', 'template path under the views, e.g. page.njk')
       .option('-d, --data <file>', 'template data: a .json, .yaml or .yml file')
       .option('-e, --explain', 'print a table of every fragment to stderr')
-      .option('-r, --repeat <n>', 'render n times: the first run misses, the next ones hit (timings per run)', whole(1, 100_000)),
+      .option('-r, --repeat <n>', 'render n times: the first run misses, the next ones hit (timings per run)', whole(1, 100_000))
+      .option('--wide', 'show whole keys in the --explain table (by default it fits the terminal width)'),
     { views: true, syntax: true },
   )
     .addHelpText(
@@ -139,6 +140,7 @@ Examples:
       .command('keys')
       .description('list the keys of the configured store under the prefix (fragments, values, tag versions)')
       .argument('[pattern]', 'glob (* and ?) matched against the fragment name or the whole key')
+      .option('--wide', 'show whole keys (by default the table fits the terminal width)')
       .option('--json', 'print JSON'),
   )
     .addHelpText(
@@ -195,6 +197,7 @@ Examples:
     p
       .command('stats')
       .description('what the configured store holds under the prefix: entries and bytes per fragment name, values, tags')
+      .option('--wide', 'show whole names and URLs (by default the tables fit the terminal width)')
       .option('--json', 'print JSON'),
   )
     .addHelpText('after', '\nExamples:\n  $ fragcache stats --store redis://localhost:6379\n  $ fragcache stats --json')
