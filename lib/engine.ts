@@ -96,8 +96,10 @@ const ANGLE = { blockStart: '<%', blockEnd: '%>' };
  * environments, every compile error names the template it is in.
  */
 const engineEnvs = new WeakSet<object>();
+/** Per engine environment using the angle syntax: looks at each template's source as it is compiled. */
+const sourceChecks = new WeakMap<object, (path: string | undefined, source: unknown) => void>();
 {
-  type Tmpl = { env: object; path?: string; compiled?: boolean; compile(): void; __fragcache?: boolean };
+  type Tmpl = { env: object; path?: string; tmplStr?: unknown; compiled?: boolean; compile(): void; __fragcache?: boolean };
   const proto = (nunjucks.Template as unknown as { prototype: Tmpl }).prototype;
   if (!proto.__fragcache) {
     const compile = proto.compile;
@@ -115,6 +117,22 @@ const engineEnvs = new WeakSet<object>();
     };
     proto.__fragcache = true;
   }
+  // Every compile, eager (getTemplate, new Template) or lazy, goes through _compile.
+  const inner = proto as unknown as { _compile(): void; __fragcacheSource?: boolean } & Tmpl;
+  if (!inner.__fragcacheSource) {
+    const _compile = inner._compile;
+    inner._compile = function (this: Tmpl & { _compile(): void }) {
+      sourceChecks.get(this.env)?.(this.path, this.tmplStr);
+      return _compile.call(this);
+    };
+    inner.__fragcacheSource = true;
+  }
+}
+
+/** 1-based line and column of an offset in a text. */
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, offset);
+  return { line: before.split('\n').length, column: offset - before.lastIndexOf('\n') };
 }
 
 /** A pass whose callback had not come when it returned (see `Engine.settle`). */
@@ -126,8 +144,20 @@ interface PendingPass {
 // `(path) [Line l, Column c]`; the path may hold parentheses itself, as `(string)` does.
 const POSITION = /^\s*\((.+?)\)(?: \[Line (\d+), Column (\d+)\])?$/gm;
 
+/** Events of an {@link Engine}: those of its caches, and `warning`. */
+export interface EngineEvents extends CacheEvents {
+  /**
+   * Something probably not meant, found once per template: a template with Nunjucks' own `{% %}` tags under the
+   * angle syntax, where they are output as text. Without a listener it goes to `process.emitWarning`.
+   */
+  warning: [TemplateError];
+}
+
+/** Nunjucks block tags: one of these after `{%` under the angle syntax is almost surely a template written for `{% %}`. */
+const CURLY_TAG = /\{%-?\s*(cache|endcache|if|elif|elseif|else|endif|for|endfor|block|endblock|extends|include|import|from|set|endset|macro|endmacro|call|endcall|filter|endfilter)\b/;
+
 /** The engine returned by {@link createEngine}. Emits the cache events of all its stores. */
-export class Engine extends EventEmitter<CacheEvents> {
+export class Engine extends EventEmitter<EngineEvents> {
   /** The Nunjucks Environment: add filters and globals here. */
   readonly env: nunjucks.Environment;
   /** The default cache (low-level API). */
@@ -167,7 +197,7 @@ export class Engine extends EventEmitter<CacheEvents> {
       // Two aliases given the same instance share one cache (and one circuit breaker).
       const existing = spec !== undefined && typeof spec === 'object' ? byStore.get(spec) : undefined;
       const cache =
-        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this });
+        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this as unknown as EventEmitter<CacheEvents> });
       if (spec !== undefined && typeof spec === 'object') byStore.set(spec, cache);
       caches.set(alias, cache);
     };
@@ -185,6 +215,29 @@ export class Engine extends EventEmitter<CacheEvents> {
     });
     this.env.addExtension('FragmentCache', new CacheExtension(this.resolve));
     engineEnvs.add(this.env);
+    const tags = options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags };
+    if (tags?.blockStart === '<%') sourceChecks.set(this.env, (file, source) => this.checkSource(file, source));
+  }
+
+  /** Templates already warned about (once each). */
+  private readonly warned = new Set<string>();
+
+  /** Under the angle syntax: warns once per template whose source has `{% tag` (output as text there). */
+  private checkSource(file: string | undefined, source: unknown): void {
+    if (typeof source !== 'string' || !source.includes('{%')) return;
+    const m = CURLY_TAG.exec(source);
+    const name = this.relative(file);
+    if (!m || this.warned.has(name)) return;
+    if (this.warned.size < 1000) this.warned.add(name);
+    const { line, column } = lineColumn(source, m.index);
+    const warning = new TemplateError(
+      `${name}:${line}:${column}: "${m[0]}" is a Nunjucks {% %} tag, but this engine uses the angle syntax (<% %>), where it is output as text. Write <% ${m[1]} … %>, or use syntax: 'curly' (fragcache --syntax curly) for templates written with {% %}.`,
+      name,
+      line,
+      column,
+    );
+    if (this.listenerCount('warning')) this.emit('warning', warning);
+    else process.emitWarning(warning.message, { code: 'FRAGCACHE_SYNTAX' });
   }
 
   /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
