@@ -8,6 +8,7 @@ import path from 'node:path';
 import nunjucks from 'nunjucks';
 import { FragmentCache, type CacheEvents, type Counters } from './cache';
 import { AsyncTemplateError, FragcacheError, OptionError, TemplateError } from './errors';
+import { dependencies, type DepNode } from './deps';
 import { CacheExtension, compilingTemplate } from './extension';
 import type { GuardOptions } from './guard';
 import { RenderSession, SharedFailure, type FragmentTrace } from './render';
@@ -167,6 +168,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   readonly views: string[];
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
+  private readonly syntax: 'angle' | 'curly';
   private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
@@ -178,6 +180,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (options.syntax !== undefined && options.syntax !== 'angle' && options.syntax !== 'curly') {
       throw new OptionError('syntax', options.syntax, 'expected "angle" or "curly"');
     }
+    this.syntax = options.syntax ?? 'angle';
     this.maxPasses = options.maxPasses ?? 32;
     if (!Number.isInteger(this.maxPasses) || this.maxPasses < 1) throw new OptionError('maxPasses', options.maxPasses, 'expected a whole number >= 1');
     for (const [name, value] of [['timeout', options.timeout], ['waitTimeout', options.waitTimeout], ['lockTimeout', options.lockTimeout], ['lockWait', options.lockWait]] as const) {
@@ -296,10 +299,39 @@ export class Engine extends EventEmitter<EngineEvents> {
       }
     } catch (err) {
       session.fail();
+      const root = (tmpl as unknown as { path?: string }).path;
       const late = await this.lateError(err);
-      if (late) throw this.templateError(late, (tmpl as unknown as { path?: string }).path);
-      throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);
+      if (late) throw this.locateMissing(this.templateError(late, root), root);
+      throw this.locateMissing(err instanceof FragcacheError ? err : this.templateError(err, root), root);
     }
+  }
+
+  /**
+   * Nunjucks says "template not found: x" for a missing include, import or parent without saying where it is
+   * pulled in: find that in the dependency tree of the rendered template, and name the file, line and column.
+   */
+  private locateMissing(err: FragcacheError, rootPath: string | undefined): FragcacheError {
+    const m = /^template not found: (.+)$/.exec(err.message);
+    if (!m || !(err instanceof TemplateError) || err.line !== undefined || !rootPath || !path.isAbsolute(rootPath)) return err;
+    const root = this.relative(rootPath);
+    let tree: DepNode;
+    try {
+      tree = dependencies(root, { views: this.views, syntax: this.syntax });
+    } catch {
+      return err;
+    }
+    const find = (node: DepNode, owner: string): { owner: string; at: DepNode } | undefined => {
+      for (const c of node.children) {
+        if (c.kind === 'missing' && c.name === m[1]) return { owner, at: c };
+        const found = find(c, c.kind === 'cache' ? owner : c.name);
+        if (found) return found;
+      }
+      return undefined;
+    };
+    const hit = find(tree, root);
+    if (!hit) return err;
+    const { owner, at } = hit;
+    return new TemplateError(`${owner}:${at.line}:${at.column}: template not found: ${m[1]}`, owner, at.line, at.column, { cause: err.cause });
   }
 
   /** For an AsyncTemplateError raised in a cache body: the error Nunjucks reports a tick later, if any. */
@@ -398,7 +430,9 @@ export class Engine extends EventEmitter<EngineEvents> {
     const name = this.relative(template);
     let cause: unknown = e?.cause ?? err;
     const detail = message.replace(POSITION, '').replace(/^\s+/gm, '').trim();
-    if (/template not found/i.test(message)) return new TemplateError(`template not found: ${detail.replace(/^.*template not found:\s*/i, '')}`, name, undefined, undefined, { cause });
+    // (Raised in a cache body, the message is wrapped: "Template render error: (path)\nError: template not found: x".)
+    const notFound = /template not found:\s*([^\n]+?)\s*$/i.exec(message);
+    if (notFound) return new TemplateError(`template not found: ${notFound[1]}`, name, undefined, undefined, { cause });
     const where = [name, line, column].filter((x) => x !== undefined).join(':');
     if (cause instanceof TemplateError) cause = cause.cause ?? cause;
     if (cause instanceof AsyncTemplateError) return new AsyncTemplateError(`${where}: ${cause.message}`, { cause });

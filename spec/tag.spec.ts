@@ -186,4 +186,21 @@ describe('the cache tag: errors', () => {
     expect(err).toBeInstanceOf(TemplateError);
     expect(err.message).toMatch(/template not found: nope\.njk/);
   });
+
+  test('a missing include, import or parent names the template that pulls it in, with line and column', async () => {
+    const { engine } = engineWith({
+      'page.njk': 'a\n<% cache 60 box %>\n  <% include "part.njk" %>\n<% endcache %>',
+      'part.njk': 'x\n\n    <% include "gone.njk" %>',
+      'child.njk': '<% extends "no-layout.njk" %>',
+      'macros.njk': '<% import "no-macros.njk" as m %>{{ m.x() }}',
+    });
+    const where = async (name: string) => {
+      const err = await errorOf(engine.render(name));
+      expect(err).toBeInstanceOf(TemplateError);
+      return [err.message, err.template, err.line, err.column];
+    };
+    expect(await where('page.njk')).toEqual(['part.njk:3:8: template not found: gone.njk', 'part.njk', 3, 8]);
+    expect(await where('child.njk')).toEqual(['child.njk:1:4: template not found: no-layout.njk', 'child.njk', 1, 4]);
+    expect(await where('macros.njk')).toEqual(['macros.njk:1:4: template not found: no-macros.njk', 'macros.njk', 1, 4]);
+  });
 });
