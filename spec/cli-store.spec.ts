@@ -5,6 +5,8 @@
  * never touches keys it did not write.
  */
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
 import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -110,6 +112,36 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     expect(none.stderr).toMatch(/^no keys under ".*" matching zzz\*/);
   });
 
+  test('keys, stats and preview --explain fit COLUMNS (keys cut in the middle) unless --wide; hashed vary values read as values', async () => {
+    const saved = process.env.COLUMNS;
+    process.env.COLUMNS = '100';
+    try {
+      const narrow = await cli('keys');
+      const lines = narrow.stdout.trimEnd().split('\n');
+      expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(100);
+      expect(narrow.stdout).toMatch(/^tcli\w*…\S*10:00:00Z +fragment /m); // the start and the end of the key
+      // badge varies on titles with spaces, so its key holds a hash of them; the values are shown all the same.
+      expect(narrow.stdout).toMatch(/ badge \("Russian dolls, explained", 1200\)$/m);
+      const wide = await cli('keys', '--wide');
+      expect(Math.max(...wide.stdout.split('\n').map((l) => l.length))).toBeGreaterThan(100);
+      expect(wide.stdout).toContain(`${prefix}:1:f:article-card/`);
+      const json = JSON.parse((await cli('keys', 'badge', '--json')).stdout) as { varyPreview?: string }[];
+      expect(json.map((r) => r.varyPreview).sort()).toEqual(['"Caching fragments <safely>", 950', '"Russian dolls, explained", 1200']);
+      const explain = await preview();
+      expect(Math.max(...explain.stderr.split('\n').map((l) => l.length))).toBeLessThanOrEqual(100);
+      const explainWide = await cli('preview', 'page.njk', '--data', path.join(ROOT, 'templates', 'data', 'page.yaml'), '--explain', '--wide');
+      expect(explain.stderr).not.toContain(`${prefix}:1:f:sidebar/`);
+      expect(explainWide.stderr).toContain(`${prefix}:1:f:sidebar/`);
+      const stats = await cli('stats');
+      expect([stats.code, Math.max(...stats.stdout.split('\n').map((l) => l.length)) <= 100]).toEqual([0, true]);
+      const inspect = await cli('inspect', 'badge');
+      expect(inspect.stdout).toMatch(/^ {2}vary {8}"Russian dolls, explained", 1200 \(hashed in the key\)$/m);
+    } finally {
+      if (saved === undefined) delete process.env.COLUMNS;
+      else process.env.COLUMNS = saved;
+    }
+  }, 60_000);
+
   test('without a config file: FRAGCACHE_STORE or --store point the commands at the Redis', async () => {
     const empty = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-noconfig-'));
     const viaEnv = await run(['keys', 'front-page', '--prefix', prefix, '--json'], { cwd: empty, store: redis.url });
@@ -173,6 +205,20 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     expect(statusOf(after.stderr, 'nav')).toEqual(['hit']);
   });
 
+  test('invalidate with no matching stored entry says so, lists the stored variants with typed values, exits 1, and writes nothing', async () => {
+    const tagKeys = async () => (await client.keys(`${prefix}:tag:*`)).sort();
+    const before = await tagKeys();
+    const str = await cli('invalidate', 'sidebar', '7'); // the string "7": the stored variant varies on the number 7
+    expect([str.code, str.stdout]).toEqual([1, '']);
+    expect(str.stderr).toBe(
+      `error: no stored entry of fragment "sidebar" with vary "7" (looked under ${prefix}:1:f:sidebar/): nothing was invalidated. Stored variants of "sidebar":\n  7\nVary values are strings unless you add --json (then 7 is the number 7, "7" the string).\n`,
+    );
+    const typo = await cli('invalidate', 'sidebra');
+    expect([typo.code, typo.stdout]).toEqual([1, '']);
+    expect(typo.stderr).toMatch(/^error: no stored entry of fragment "sidebra" \(looked under .*\): nothing was invalidated\. Stored fragment names: .*\bsidebar\b/);
+    expect(await tagKeys()).toEqual(before); // no version record left behind by either
+  });
+
   test('stats counts entries and bytes per kind and per fragment name', async () => {
     const r = await cli('stats', '--json');
     expect(r.code).toBe(0);
@@ -222,6 +268,55 @@ describe('an unreachable store', () => {
       expect(Date.now() - started).toBeLessThan(8000);
     }
   }, 60_000);
+});
+
+describe('a refused connection and a silent server', () => {
+  // Refused (nothing listens): fails at once. Accepted but never answered: the probe waits its 3 s budget.
+  test('ECONNREFUSED fails at once; a store that accepts and never answers waits the 3 s budget', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-refused-'));
+    const silent = net.createServer(() => undefined).listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const silentPort = (silent.address() as net.AddressInfo).port;
+    try {
+      for (const scheme of ['redis', 'memcache']) {
+        const t0 = Date.now();
+        const r = await run(['keys', '--store', `${scheme}://127.0.0.1:${await freePort()}`], { cwd: dir });
+        const refusedMs = Date.now() - t0;
+        expect([scheme, r.code, r.stderr]).toEqual([scheme, 1, expect.stringMatching(/is unreachable: .*ECONNREFUSED/)]);
+        const t1 = Date.now();
+        const s = await run(['keys', '--store', `${scheme}://127.0.0.1:${silentPort}`], { cwd: dir });
+        const silentMs = Date.now() - t1;
+        expect([scheme, s.code, s.stderr]).toEqual([scheme, 1, expect.stringContaining('is unreachable')]);
+        expect(silentMs).toBeGreaterThanOrEqual(3000);
+        // The process itself takes a second or so to start on a loaded machine; before, refusals took 3 s more.
+        expect(refusedMs).toBeLessThan(silentMs - 1500);
+      }
+    } finally {
+      silent.close();
+    }
+  }, 60_000);
+});
+
+describe('a store that cannot list its keys (as Memcached)', () => {
+  test('keys, inspect and stats say why they cannot work and that invalidate and clear do; those two work', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-nolist-'));
+    // The store interface without keys(), named as the Memcached store is (no memcached needed for this).
+    writeFileSync(
+      path.join(dir, 'fragcache.config.js'),
+      `const writes = [];
+module.exports = { store: { kind: 'memcache', shared: true,
+  async getMany(keys) { return keys.map(() => undefined); }, async setMany(w) { writes.push(...w); }, async add() { return true; },
+  async deleteMany() {}, async clear() { return undefined; }, async close() {} } };`,
+    );
+    for (const args of [['keys'], ['inspect', 'nav'], ['stats']]) {
+      const r = await run(args, { cwd: dir });
+      expect([args, r.code, r.stderr]).toEqual([args, 1, 'error: the memcache store cannot list its keys (Memcached has no command that lists keys), so keys, inspect and stats cannot work on it; invalidate and clear do\n']);
+    }
+    const inv = await run(['invalidate', 'nav'], { cwd: dir });
+    expect([inv.code, inv.stdout, inv.stderr]).toEqual([0, 'invalidated fragment "nav", every variant (and every fragment containing one)\n', 'note: the memcache store cannot list its keys, so whether any stored entry matched is not known\n']);
+    const clear = await run(['clear'], { cwd: dir });
+    expect([clear.code, clear.stdout]).toEqual([0, expect.stringMatching(/^cleared every key under "fc:"/)]);
+  }, 30_000);
 });
 
 describe('store commands on a SQLite file', () => {
