@@ -10,6 +10,7 @@ import { FragmentCache, type CacheEvents, type Counters } from './cache';
 import { AsyncTemplateError, FragcacheError, OptionError, TemplateError } from './errors';
 import { CacheExtension, compilingTemplate } from './extension';
 import type { GuardOptions } from './guard';
+import { leakGuardOf, type LeakGuardMode, type LeakGuardOptions } from './leakguard';
 import { RenderSession, SharedFailure, type FragmentTrace } from './render';
 import { createStore, type StoreSpec } from './stores';
 
@@ -67,6 +68,21 @@ export interface EngineOptions {
    * costs one. The last pass renders fragments whose keys are still unknown without caching them.
    */
   maxPasses?: number;
+  /**
+   * The leak guard (compile time only): `"warn"` (default outside production) reports a cache block whose body
+   * reads a variable none of its vary expressions mention, as a `warning` event; `"error"` fails the render (for
+   * CI); `"off"` (default when NODE_ENV=production) skips the analysis. `{ mode, shared: ['site', 'nav'] }` names
+   * variables that are the same for every request. See docs/leak-guard.md.
+   */
+  leakGuard?: LeakGuardMode | LeakGuardOptions;
+  /**
+   * Share of fragment hits (0…1, default 0) checked in the background: after the response, the page is rendered
+   * again without the cache and each sampled fragment's output compared with the stored body; a difference is
+   * reported (`warning`, kind `verify`) as a missing vary, and the stale entry is dropped.
+   */
+  verify?: number;
+  /** Reload templates when their files change (Nunjucks' `watch`, with chokidar); fragments depending on them get new digests. */
+  watch?: boolean;
 }
 
 /** Options of {@link Engine.explain}. */
@@ -97,18 +113,25 @@ const ANGLE = { blockStart: '<%', blockEnd: '%>' };
  */
 const engineEnvs = new WeakSet<object>();
 {
-  type Tmpl = { env: object; path?: string; compiled?: boolean; compile(): void; __fragcache?: boolean };
+  type Tmpl = { env: object; path?: string; compiled?: boolean; compile(): void; _compile(): void; __fragcache?: boolean };
   const proto = (nunjucks.Template as unknown as { prototype: Tmpl }).prototype;
   if (!proto.__fragcache) {
     const compile = proto.compile;
+    const _compile = proto._compile;
     const prettify = (nunjucks as unknown as { lib: { _prettifyError(path: string | undefined, withInternals: boolean, e: unknown): unknown } }).lib._prettifyError;
     proto.compile = function (this: Tmpl) {
       if (this.compiled) return compile.call(this);
-      const previous = compilingTemplate(this.path); // cache tags record where they are
       try {
         return compile.call(this);
       } catch (e) {
         throw engineEnvs.has(this.env) ? prettify(this.path, true, e) : e;
+      }
+    };
+    // Every compile (eager ones call _compile directly): cache tags record where they are, and resolve dependencies.
+    proto._compile = function (this: Tmpl) {
+      const previous = compilingTemplate({ path: this.path, env: this.env });
+      try {
+        return _compile.call(this);
       } finally {
         compilingTemplate(previous);
       }
@@ -175,7 +198,7 @@ export class Engine extends EventEmitter<CacheEvents> {
     for (const [alias, spec] of Object.entries(options.stores ?? {})) if (alias !== 'default') make(alias, spec);
     this.caches = caches;
     this.cache = caches.get('default')!;
-    const loader = new nunjucks.FileSystemLoader(this.views, { noCache: options.noCache ?? false });
+    const loader = new nunjucks.FileSystemLoader(this.views, { noCache: options.noCache ?? false, watch: options.watch ?? false });
     this.env = new nunjucks.Environment(loader, {
       autoescape: true,
       ...options.nunjucks,
@@ -183,7 +206,7 @@ export class Engine extends EventEmitter<CacheEvents> {
       dev: true,
       tags: options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags },
     });
-    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve));
+    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve, { leakGuard: leakGuardOf(options.leakGuard) }));
     engineEnvs.add(this.env);
   }
 
