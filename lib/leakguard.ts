@@ -273,7 +273,8 @@ export function checkBlock(env: EnvLike, block: CheckedBlock, guard: Pick<LeakGu
   const out: FragcacheWarning[] = [];
   const reported = new Set<string>();
   for (const r of body.reads) {
-    if (roots.has(r.root) || isShared(r.path) || reported.has(r.root)) continue;
+    // A secret is reported as such (below), not as one more unvaried variable.
+    if (roots.has(r.root) || isShared(r.path) || reported.has(r.root) || SECRET_NAME.test(r.path)) continue;
     reported.add(r.root);
     out.push({
       ...base,
