@@ -13,6 +13,8 @@ import type { GuardOptions } from './guard';
 import { leakGuardOf, type LeakGuardMode, type LeakGuardOptions } from './leakguard';
 import { RenderSession, SharedFailure, type FragmentTrace } from './render';
 import { createStore, type StoreSpec } from './stores';
+import { verifyLater } from './verify';
+import { emitProcessWarning, type FragcacheWarning } from './warnings';
 
 /** Options of {@link createEngine}. */
 export interface EngineOptions {
@@ -160,6 +162,7 @@ export class Engine extends EventEmitter<CacheEvents> {
   readonly views: string[];
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
+  private readonly verify: number;
   private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
@@ -179,6 +182,10 @@ export class Engine extends EventEmitter<CacheEvents> {
       }
     }
     this.waitTimeout = options.waitTimeout ?? 5000;
+    if (options.verify !== undefined && (typeof options.verify !== 'number' || !(options.verify >= 0 && options.verify <= 1))) {
+      throw new OptionError('verify', options.verify, 'expected a share of hits between 0 and 1, e.g. 0.01');
+    }
+    this.verify = options.verify ?? 0;
     if (options.earlyRefresh !== undefined && (typeof options.earlyRefresh !== 'number' || !Number.isFinite(options.earlyRefresh) || options.earlyRefresh < 0)) {
       throw new OptionError('earlyRefresh', options.earlyRefresh, 'expected a number >= 0 (XFetch beta)');
     }
@@ -206,7 +213,7 @@ export class Engine extends EventEmitter<CacheEvents> {
       dev: true,
       tags: options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags },
     });
-    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve, { leakGuard: leakGuardOf(options.leakGuard) }));
+    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve, { leakGuard: leakGuardOf(options.leakGuard), onWarning: (w) => this.warn(w) }));
     engineEnvs.add(this.env);
   }
 
@@ -252,12 +259,13 @@ export class Engine extends EventEmitter<CacheEvents> {
 
   private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, ...this.lock });
+    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock });
     try {
       for (let passes = 1; ; passes++) {
         const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);
         if (!session.incomplete) {
           await session.flush();
+          if (session.sampled) this.verifyLater(tmpl, context, session);
           return { html, fragments: session.trace ?? [], passes };
         }
         await session.resolveWanted();
@@ -270,6 +278,25 @@ export class Engine extends EventEmitter<CacheEvents> {
       if (late) throw this.templateError(late, (tmpl as unknown as { path?: string }).path);
       throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);
     }
+  }
+
+  /** `verify`: after this response, renders the page again against shadow caches and compares the sampled hits. */
+  private verifyLater(tmpl: nunjucks.Template, context: object, session: RenderSession): void {
+    const samples = session.sampled!;
+    session.sampled = undefined;
+    const done = verifyLater(samples, (redirect) => {
+      const check = new RenderSession(this.resolve, { waitMs: this.waitTimeout, redirect });
+      check.lastPass = true; // same-tick shadow stores: one pass
+      check.pass(() => this.renderPass(tmpl, context));
+    }, (w) => this.warn(w));
+    this.pending.add(done);
+    void done.finally(() => this.pending.delete(done));
+  }
+
+  /** Emits a warning, or hands it to `process.emitWarning` when nobody listens. */
+  private warn(w: FragcacheWarning): void {
+    if (this.listenerCount('warning')) this.emit('warning', w);
+    else emitProcessWarning(w);
   }
 
   /** For an AsyncTemplateError raised in a cache body: the error Nunjucks reports a tick later, if any. */
