@@ -2,7 +2,9 @@
  * Dependency digests: editing a template a block depends on (through includes, macro imports, their own
  * includes, declared dependencies) makes exactly that block miss; unrelated edits keep every entry.
  */
-import { writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createEngine, type Engine, type FragcacheWarning } from '../lib';
 import { views } from './support/views';
@@ -165,4 +167,25 @@ describe('dependency digests', () => {
       await expect(e.render('bad.njk')).rejects.toThrow(/deps= takes a list of strings/);
     });
   });
+});
+
+describe('fragcache preview shows the effect', () => {
+  test('on a persistent store, after an included partial changes, the fragment including it misses and the others hit', () => {
+    const root = path.resolve(__dirname, '..');
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-digest-preview-'));
+    cpSync(path.join(root, 'templates'), dir, { recursive: true });
+    const preview = () =>
+      spawnSync(process.execPath, [path.join(root, 'dist', 'cli', 'index.js'), 'preview', 'page.njk', '--views', dir, '--data', path.join(dir, 'data', 'page.yaml'), '--store', `sqlite://${path.join(dir, 'c.db')}`, '--explain'], {
+        cwd: dir,
+        encoding: 'utf8',
+      });
+    const status = (stderr: string, name: string) => new RegExp(`^${name}\\s.*\\s(hit|miss)\\s`, 'm').exec(stderr)?.[1];
+    expect(preview().status).toBe(0);
+    // The card partial changes outside its own cache block: the card entries stay, the front page (which includes it) misses.
+    writeFileSync(path.join(dir, 'partials', 'article-card.njk'), '<!-- edited -->\n' + readFileSync(path.join(dir, 'partials', 'article-card.njk'), 'utf8'));
+    const r = preview();
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain('<!-- edited -->');
+    expect([status(r.stderr, 'nav'), status(r.stderr, 'front-page'), status(r.stderr, '  └ article-card'), status(r.stderr, 'popular'), status(r.stderr, 'sidebar')]).toEqual(['hit', 'miss', 'hit', 'hit', 'hit']);
+  }, 30_000);
 });
