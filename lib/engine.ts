@@ -163,6 +163,7 @@ export class Engine extends EventEmitter<CacheEvents> {
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
   private readonly verify: number;
+  private readonly watcher: import('chokidar').FSWatcher | undefined;
   private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
@@ -205,7 +206,7 @@ export class Engine extends EventEmitter<CacheEvents> {
     for (const [alias, spec] of Object.entries(options.stores ?? {})) if (alias !== 'default') make(alias, spec);
     this.caches = caches;
     this.cache = caches.get('default')!;
-    const loader = new nunjucks.FileSystemLoader(this.views, { noCache: options.noCache ?? false, watch: options.watch ?? false });
+    const loader = new nunjucks.FileSystemLoader(this.views, { noCache: options.noCache ?? false });
     this.env = new nunjucks.Environment(loader, {
       autoescape: true,
       ...options.nunjucks,
@@ -215,6 +216,18 @@ export class Engine extends EventEmitter<CacheEvents> {
     });
     this.env.addExtension('FragmentCache', new CacheExtension(this.resolve, { leakGuard: leakGuardOf(options.leakGuard), onWarning: (w) => this.warn(w) }));
     engineEnvs.add(this.env);
+    // Our own watcher, not Nunjucks' (it cannot be closed): a change is reported as the loader's `update`, which
+    // drops the template and, for dependency digests, the templates that depend on it (lib/digest.ts).
+    if (options.watch) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      this.watcher = (require('chokidar') as typeof import('chokidar')).watch(this.views, { ignoreInitial: true });
+      const byPath = loader as unknown as { pathsToNames?: Record<string, string>; emit(e: string, ...a: unknown[]): void };
+      this.watcher.on('all', (_event, file) => {
+        const full = path.resolve(file);
+        const name = byPath.pathsToNames?.[full];
+        if (name) byPath.emit('update', name, full);
+      });
+    }
   }
 
   /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
@@ -489,6 +502,7 @@ export class Engine extends EventEmitter<CacheEvents> {
 
   /** Waits for pending invalidations and closes every store. */
   async close(): Promise<void> {
+    await this.watcher?.close();
     await this.settled();
     await Promise.all(this.distinctCaches().map((c) => c.close()));
   }

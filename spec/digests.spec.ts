@@ -94,6 +94,22 @@ describe('dependency digests', () => {
     expect(await e.render('page.njk')).toContain('[AB2]');
   });
 
+  test('watch: true: a change seen by the watcher recompiles the dependents (the watcher closes with the engine)', async () => {
+    const dir = views(SITE);
+    const e = createEngine({ views: dir, leakGuard: 'off', watch: true });
+    try {
+      await new Promise((r) => (e as unknown as { watcher: NodeJS.EventEmitter }).watcher.once('ready', r));
+      await e.render('page.njk');
+      const updated = new Promise((r) => (e.env as unknown as NodeJS.EventEmitter).on('update', r));
+      writeFileSync(path.join(dir, 'partials/c.njk'), 'C2');
+      await updated;
+      expect(await statuses(e, 'page.njk')).toEqual({ viaInclude: 'hit', viaMacro: 'miss', plain: 'hit' });
+      expect(await e.render('page.njk')).toContain('[x:C2]');
+    } finally {
+      await e.close();
+    }
+  });
+
   test('digests name templates, not folders: the same views in two places give the same keys', async () => {
     const one = engine(views(SITE));
     const two = engine(views(SITE));
