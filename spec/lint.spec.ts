@@ -77,3 +77,13 @@ describe('fragcache lint', () => {
     expect(json.problems).toEqual([expect.objectContaining({ kind: 'leak', fragment: 'sidebar', variable: 'user', path: 'user.name', line: 2, column: 4 })]);
   });
 });
+
+describe('fragcache preview and serve', () => {
+  test('print the leak guard findings on stderr as warnings (stdout stays the HTML)', async () => {
+    const dir = views({ 'p.njk': '<% cache 60 box %>{{ user.name }}<% endcache %>' });
+    const r = await cli(['preview', 'p.njk', '--views', dir]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^warning: box \(.*p\.njk:1\) reads "user\.name" but does not vary on "user": every user would see the first user's box\n$/);
+  });
+});
