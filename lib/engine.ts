@@ -80,10 +80,15 @@ export interface EngineOptions {
   /**
    * Share of fragment hits (0…1, default 0) checked in the background: after the response, the page is rendered
    * again without the cache and each sampled fragment's output compared with the stored body; a difference is
-   * reported (`warning`, kind `verify`) as a missing vary, and the stale entry is dropped.
+   * reported (`warning`, kind `verify`) as a missing vary, and the entry is replaced with the fresh output. The
+   * response never waits for it. See docs/leak-guard.md.
    */
   verify?: number;
-  /** Reload templates when their files change (Nunjucks' `watch`, with chokidar); fragments depending on them get new digests. */
+  /**
+   * Reload templates when their files change (a chokidar watcher, closed by `close()`): the changed template and
+   * every template whose fragments' digests include it recompile, so exactly those fragments miss. (With
+   * `noCache`, every render recompiles anyway.) See docs/digests.md.
+   */
   watch?: boolean;
 }
 
