@@ -267,6 +267,17 @@ export function checkBlock(env: EnvLike, block: CheckedBlock, guard: Pick<LeakGu
   const roots = new Set(varied.reads.map((r) => r.root));
   const shared = [...guard.shared, ...block.shared];
   const isShared = (p: string) => shared.some((s) => p === s || p.startsWith(`${s}.`));
+  // A name set at the top of the template from other variables (`set name = user.name`) is covered when what its
+  // value reads is.
+  const covered = (root: string, t: Tpl, seen = new Set<string>()): boolean => {
+    if (roots.has(root)) return true;
+    const value = t.ast.derived.get(root);
+    if (!value || seen.has(root)) return false;
+    seen.add(root);
+    const w = new Walker(env, env.globals ?? {});
+    w.walk(value, t, new Set());
+    return w.reads.length > 0 && w.reads.every((r) => isShared(r.path) || covered(r.root, t, seen));
+  };
   const where = `${displayPath(block.template)}:${block.line}`;
   const base = { fragment: block.name, template: displayPath(block.template), line: block.line, column: block.column };
   const at = (r: { tpl: Tpl; line: number }) => (r.tpl.path !== block.template ? ` (read in ${displayPath(r.tpl.path)}:${r.line})` : '');
@@ -274,7 +285,7 @@ export function checkBlock(env: EnvLike, block: CheckedBlock, guard: Pick<LeakGu
   const reported = new Set<string>();
   for (const r of body.reads) {
     // A secret is reported as such (below), not as one more unvaried variable.
-    if (roots.has(r.root) || isShared(r.path) || reported.has(r.root) || SECRET_NAME.test(r.path)) continue;
+    if (reported.has(r.root) || isShared(r.path) || SECRET_NAME.test(r.path) || covered(r.root, r.tpl)) continue;
     reported.add(r.root);
     out.push({
       ...base,

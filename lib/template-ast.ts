@@ -49,6 +49,8 @@ export interface TemplateAst {
   macros: Map<string, any>;
   /** Names set at the top level to values that read no variable (constants). */
   constants: Set<string>;
+  /** Names set at the top level from other variables (`set name = user.name`): the value's expression. */
+  derived: Map<string, any>;
 }
 
 /** `{# Template Dependency: partials/a.njk #}`, as Rails writes it; any comment syntax. */
@@ -131,7 +133,7 @@ export function isConstant(node: any): boolean {
 }
 
 function summarise(root: any, source: string): TemplateAst {
-  const ast: TemplateAst = { root, refs: [], dynamic: [], imports: new Map(), macros: new Map(), constants: new Set() };
+  const ast: TemplateAst = { root, refs: [], dynamic: [], imports: new Map(), macros: new Map(), constants: new Set(), derived: new Map() };
   for (const name of declaredDeps(source)) ast.refs.push({ kind: 'declared', name, line: 0 });
   const ref = (kind: 'include' | 'import' | 'extends', node: any) => {
     const name = literalName(node.template);
@@ -156,8 +158,9 @@ function summarise(root: any, source: string): TemplateAst {
         }
       }
     } else if (node instanceof nodes.Macro && top) ast.macros.set(node.name.value, node);
-    else if (node instanceof nodes.Set && top && node.value && isConstant(node.value)) {
-      for (const t of node.targets) if (t instanceof nodes.Symbol) ast.constants.add(t.value);
+    else if (node instanceof nodes.Set && top && node.value) {
+      const constant = isConstant(node.value);
+      for (const t of node.targets) if (t instanceof nodes.Symbol) constant ? ast.constants.add(t.value) : ast.derived.set(t.value, node.value);
     }
     // Top level: the root's children, and what blocks and `if`s at the top hold (they run in the template's frame).
     const stillTop = top && (node instanceof nodes.Root || node instanceof nodes.NodeList || node instanceof nodes.Block || node instanceof nodes.If);

@@ -26,6 +26,7 @@ describe('leak guard: known-safe blocks give no finding', () => {
     ['a macro defined and called in the body', '<% cache 60 s %><% macro m(x) %>{{ x }}{{ caller() }}<% endmacro %><% call m(1) %>c<% endcall %><% endcache %>'],
     ['set inside the body', '<% cache 60 s %><% set t = "a" %><% set u %>b<% endset %>{{ t }}{{ u }}<% endcache %>'],
     ['a constant set at the top', '<% set cls = "x" %><% cache 60 s %>{{ cls }}<% endcache %>'],
+    ['a name set at the top from what the block varies on', '<% set who = user.name | upper %><% cache 60 s user.id %>{{ who }}<% endcache %>'],
     ['a tag shared=', '<% cache 60 s shared=["nav", "site.name"] %>{{ nav[0].href }}{{ site.name }}<% endcache %>'],
     ['filters, tests and globals are no variables', '<% cache 60 s v %>{{ v | money | upper }}{% if v is divisibleby(3) %}{% endif %}{{ year }}{{ range(3) | length }}<% endcache %>'],
     ['an imported macro (no context: it sees only its arguments)', '<% import "m.njk" as m %><% cache 60 s %>{{ m.hi("x") }}<% endcache %>'],
@@ -68,6 +69,10 @@ describe('leak guard: known leaks give exactly the expected findings', () => {
       expect.stringContaining('reads "cart.total" but does not vary on "cart"'),
     ]);
     expect(messages({ 'p.njk': '<% from "m.njk" import hi with context %><% cache 60 s %>{{ hi(1) }}<% endcache %>', 'm.njk': '<% macro hi(x) %>{{ cart.total }}<% endmacro %>' })).toEqual([expect.stringContaining('"cart.total"')]);
+  });
+
+  test('a name set at the top from data the block does not vary on', () => {
+    expect(messages({ 'p.njk': '<% set who = user.name %><% cache 60 s article.id %>{{ who }}<% endcache %>' })).toEqual([expect.stringContaining('reads "who" but does not vary on "who"')]);
   });
 
   test('a loop variable around the block that the block does not vary on', () => {
