@@ -7,6 +7,7 @@ export { FragmentCache, type CacheOptions, type Counters, type SetOptions, type 
 export { CacheExtension, type CacheTarget, type CacheExtensionOptions } from './extension';
 export type { FragcacheWarning } from './warnings';
 export { leakGuardOf, type LeakGuard, type LeakGuardMode, type LeakGuardOptions } from './leakguard';
+export { lintTemplates, type LintOptions, type LintResult, type LintFinding } from './lint';
 export { fastifyViewEngine, type FastifyNunjucks, type FastifyNunjucksEnv } from './fastify';
 export type { FragmentTrace } from './render';
 export type { Store, SyncStore, StoreWrite } from './store';
