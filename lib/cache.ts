@@ -19,6 +19,7 @@ import { FragcacheError, OptionError, StoreError } from './errors';
 import { StoreGuard, type GuardOptions } from './guard';
 import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
 import type { Store, StoreWrite } from './store';
+import type { FragcacheWarning } from './warnings';
 
 /** Options of {@link FragmentCache}. */
 export interface CacheOptions {
@@ -73,6 +74,8 @@ export interface CacheEvents {
   store: [FragmentEvent];
   invalidate: [{ kind: 'name' | 'variant' | 'tag' | 'key' | 'clear'; target: string }];
   error: [FragcacheError];
+  /** Something wrong with a template that does not fail renders: see {@link FragcacheWarning}. */
+  warning: [FragcacheWarning];
 }
 
 interface Deferred {

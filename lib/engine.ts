@@ -11,8 +11,11 @@ import { AsyncTemplateError, FragcacheError, OptionError, TemplateError } from '
 import { dependencies, type DepNode } from './deps';
 import { CacheExtension, compilingTemplate } from './extension';
 import type { GuardOptions } from './guard';
+import { leakGuardOf, type LeakGuardMode, type LeakGuardOptions } from './leakguard';
 import { RenderSession, SharedFailure, type FragmentTrace } from './render';
 import { createStore, type StoreSpec } from './stores';
+import { verifyLater } from './verify';
+import { emitProcessWarning, type FragcacheWarning } from './warnings';
 
 /** Options of {@link createEngine}. */
 export interface EngineOptions {
@@ -68,6 +71,26 @@ export interface EngineOptions {
    * costs one. The last pass renders fragments whose keys are still unknown without caching them.
    */
   maxPasses?: number;
+  /**
+   * The leak guard (compile time only): `"warn"` (default outside production) reports a cache block whose body
+   * reads a variable none of its vary expressions mention, as a `warning` event; `"error"` fails the render (for
+   * CI); `"off"` (default when NODE_ENV=production) skips the analysis. `{ mode, shared: ['site', 'nav'] }` names
+   * variables that are the same for every request. See docs/leak-guard.md.
+   */
+  leakGuard?: LeakGuardMode | LeakGuardOptions;
+  /**
+   * Share of fragment hits (0…1, default 0) checked in the background: after the response, the page is rendered
+   * again without the cache and each sampled fragment's output compared with the stored body; a difference is
+   * reported (`warning`, kind `verify`) as a missing vary, and the entry is replaced with the fresh output. The
+   * response never waits for it. See docs/leak-guard.md.
+   */
+  verify?: number;
+  /**
+   * Reload templates when their files change (a chokidar watcher, closed by `close()`): the changed template and
+   * every template whose fragments' digests include it recompile, so exactly those fragments miss. (With
+   * `noCache`, every render recompiles anyway.) See docs/digests.md.
+   */
+  watch?: boolean;
 }
 
 /** Options of {@link Engine.explain}. */
@@ -100,18 +123,25 @@ const engineEnvs = new WeakSet<object>();
 /** Per engine environment using the angle syntax: looks at each template's source as it is compiled. */
 const sourceChecks = new WeakMap<object, (path: string | undefined, source: unknown) => void>();
 {
-  type Tmpl = { env: object; path?: string; tmplStr?: unknown; compiled?: boolean; compile(): void; __fragcache?: boolean };
+  type Tmpl = { env: object; path?: string; tmplStr?: unknown; compiled?: boolean; compile(): void; _compile(): void; __fragcache?: boolean };
   const proto = (nunjucks.Template as unknown as { prototype: Tmpl }).prototype;
   if (!proto.__fragcache) {
     const compile = proto.compile;
+    const _compile = proto._compile;
     const prettify = (nunjucks as unknown as { lib: { _prettifyError(path: string | undefined, withInternals: boolean, e: unknown): unknown } }).lib._prettifyError;
     proto.compile = function (this: Tmpl) {
       if (this.compiled) return compile.call(this);
-      const previous = compilingTemplate(this.path); // cache tags record where they are
       try {
         return compile.call(this);
       } catch (e) {
         throw engineEnvs.has(this.env) ? prettify(this.path, true, e) : e;
+      }
+    };
+    // Every compile (eager ones call _compile directly): cache tags record where they are, and resolve dependencies.
+    proto._compile = function (this: Tmpl) {
+      const previous = compilingTemplate({ path: this.path, env: this.env });
+      try {
+        return _compile.call(this);
       } finally {
         compilingTemplate(previous);
       }
@@ -145,14 +175,8 @@ interface PendingPass {
 // `(path) [Line l, Column c]`; the path may hold parentheses itself, as `(string)` does.
 const POSITION = /^\s*\((.+?)\)(?: \[Line (\d+), Column (\d+)\])?$/gm;
 
-/** Events of an {@link Engine}: those of its caches, and `warning`. */
-export interface EngineEvents extends CacheEvents {
-  /**
-   * Something probably not meant, found once per template: a template with Nunjucks' own `{% %}` tags under the
-   * angle syntax, where they are output as text. Without a listener it goes to `process.emitWarning`.
-   */
-  warning: [TemplateError];
-}
+/** Events of an {@link Engine}: those of its caches (`warning` included: see {@link FragcacheWarning}). */
+export type EngineEvents = CacheEvents;
 
 /** Nunjucks block tags: one of these after `{%` under the angle syntax is almost surely a template written for `{% %}`. */
 const CURLY_TAG = /\{%-?\s*(cache|endcache|if|elif|elseif|else|endif|for|endfor|block|endblock|extends|include|import|from|set|endset|macro|endmacro|call|endcall|filter|endfilter)\b/;
@@ -169,6 +193,8 @@ export class Engine extends EventEmitter<EngineEvents> {
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
   private readonly syntax: 'angle' | 'curly';
+  private readonly verify: number;
+  private readonly watcher: import('chokidar').FSWatcher | undefined;
   private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
@@ -189,6 +215,10 @@ export class Engine extends EventEmitter<EngineEvents> {
       }
     }
     this.waitTimeout = options.waitTimeout ?? 5000;
+    if (options.verify !== undefined && (typeof options.verify !== 'number' || !(options.verify >= 0 && options.verify <= 1))) {
+      throw new OptionError('verify', options.verify, 'expected a share of hits between 0 and 1, e.g. 0.01');
+    }
+    this.verify = options.verify ?? 0;
     if (options.earlyRefresh !== undefined && (typeof options.earlyRefresh !== 'number' || !Number.isFinite(options.earlyRefresh) || options.earlyRefresh < 0)) {
       throw new OptionError('earlyRefresh', options.earlyRefresh, 'expected a number >= 0 (XFetch beta)');
     }
@@ -216,10 +246,22 @@ export class Engine extends EventEmitter<EngineEvents> {
       dev: true,
       tags: options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags },
     });
-    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve));
+    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve, { leakGuard: leakGuardOf(options.leakGuard), onWarning: (w) => this.warn(w) }));
     engineEnvs.add(this.env);
     const tags = options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags };
     if (tags?.blockStart === '<%') sourceChecks.set(this.env, (file, source) => this.checkSource(file, source));
+    // Our own watcher, not Nunjucks' (it cannot be closed): a change is reported as the loader's `update`, which
+    // drops the template and, for dependency digests, the templates that depend on it (lib/digest.ts).
+    if (options.watch) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      this.watcher = (require('chokidar') as typeof import('chokidar')).watch(this.views, { ignoreInitial: true });
+      const byPath = loader as unknown as { pathsToNames?: Record<string, string>; emit(e: string, ...a: unknown[]): void };
+      this.watcher.on('all', (_event, file) => {
+        const full = path.resolve(file);
+        const name = byPath.pathsToNames?.[full];
+        if (name) byPath.emit('update', name, full);
+      });
+    }
   }
 
   /** Templates already warned about (once each). */
@@ -233,14 +275,13 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (!m || this.warned.has(name)) return;
     if (this.warned.size < 1000) this.warned.add(name);
     const { line, column } = lineColumn(source, m.index);
-    const warning = new TemplateError(
-      `${name}:${line}:${column}: "${m[0]}" is a Nunjucks {% %} tag, but this engine uses the angle syntax (<% %>), where it is output as text. Write <% ${m[1]} … %>, or use syntax: 'curly' (fragcache --syntax curly) for templates written with {% %}.`,
-      name,
+    this.warn({
+      kind: 'syntax',
+      message: `${name}:${line}:${column}: "${m[0]}" is a Nunjucks {% %} tag, but this engine uses the angle syntax (<% %>), where it is output as text. Write <% ${m[1]} … %>, or use syntax: 'curly' (fragcache --syntax curly) for templates written with {% %}.`,
+      template: name,
       line,
       column,
-    );
-    if (this.listenerCount('warning')) this.emit('warning', warning);
-    else process.emitWarning(warning.message, { code: 'FRAGCACHE_SYNTAX' });
+    });
   }
 
   /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
@@ -285,12 +326,13 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, ...this.lock });
+    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock });
     try {
       for (let passes = 1; ; passes++) {
         const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);
         if (!session.incomplete) {
           await session.flush();
+          if (session.sampled) this.verifyLater(tmpl, context, session);
           return { html, fragments: session.trace ?? [], passes };
         }
         await session.resolveWanted();
@@ -332,6 +374,25 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (!hit) return err;
     const { owner, at } = hit;
     return new TemplateError(`${owner}:${at.line}:${at.column}: template not found: ${m[1]}`, owner, at.line, at.column, { cause: err.cause });
+  }
+
+  /** `verify`: after this response, renders the page again against shadow caches and compares the sampled hits. */
+  private verifyLater(tmpl: nunjucks.Template, context: object, session: RenderSession): void {
+    const samples = session.sampled!;
+    session.sampled = undefined;
+    const done = verifyLater(samples, (redirect) => {
+      const check = new RenderSession(this.resolve, { waitMs: this.waitTimeout, redirect });
+      check.lastPass = true; // same-tick shadow stores: one pass
+      check.pass(() => this.renderPass(tmpl, context));
+    }, (w) => this.warn(w));
+    this.pending.add(done);
+    void done.finally(() => this.pending.delete(done));
+  }
+
+  /** Emits a warning, or hands it to `process.emitWarning` when nobody listens. */
+  private warn(w: FragcacheWarning): void {
+    if (this.listenerCount('warning')) this.emit('warning', w);
+    else emitProcessWarning(w);
   }
 
   /** For an AsyncTemplateError raised in a cache body: the error Nunjucks reports a tick later, if any. */
@@ -526,6 +587,7 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** Waits for pending invalidations and closes every store. */
   async close(): Promise<void> {
+    await this.watcher?.close();
     await this.settled();
     await Promise.all(this.distinctCaches().map((c) => c.close()));
   }

@@ -226,10 +226,15 @@ export class RenderSession {
   private readonly staleFound = new Map<string, Entry>();
   /** XFetch β (0: off): how eagerly a hit close to expiry is refreshed early by one renderer. */
   private readonly beta: number;
+  /** Share of hits sampled for `verify` (0: off), and the hits sampled in this render (key → what was served). */
+  private readonly verifyRate: number;
+  sampled: Map<string, { cache: FragmentCache; entry: Entry; block: Block }> | undefined;
+  /** For the `verify` re-render: the cache each fragment really uses instead of its own (a shadow). */
+  private readonly redirect: ((cache: FragmentCache) => FragmentCache) | undefined;
 
   constructor(
     private readonly resolveCache: CacheResolver,
-    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number; earlyRefresh?: number } = {},
+    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number; earlyRefresh?: number; verify?: number; redirect?: (cache: FragmentCache) => FragmentCache } = {},
   ) {
     this.waitMs = options.waitMs ?? 5000;
     this.beta = options.earlyRefresh ?? 0;
@@ -237,6 +242,8 @@ export class RenderSession {
     this.lockWaitMs = options.lockWaitMs ?? 3000;
     this.tracing = options.trace ?? false;
     this.annotating = options.annotate ?? false;
+    this.verifyRate = options.verify ?? 0;
+    this.redirect = options.redirect;
   }
 
   /** Set for a render's last allowed pass: unknown keys then render uncached instead of waiting for a batch. */
@@ -287,8 +294,9 @@ export class RenderSession {
     if (opts.using !== undefined && typeof opts.using !== 'string') {
       throw argError(block, `using must be a store alias (a string), got ${describe(opts.using)}`);
     }
-    const cache = this.resolveCache(opts.using as string | undefined);
-    if (!cache) throw argError(block, `unknown store alias ${describe(opts.using)} in using=`);
+    const found = this.resolveCache(opts.using as string | undefined);
+    if (!found) throw argError(block, `unknown store alias ${describe(opts.using)} in using=`);
+    const cache = this.redirect ? this.redirect(found) : found;
     const tags = opts.tags;
     if (tags !== undefined && (!Array.isArray(tags) || !tags.every((x) => typeof x === 'string' && x.length > 0))) {
       throw argError(block, `tags must be a list of non-empty strings, got ${describe(tags)}`);
@@ -336,6 +344,8 @@ export class RenderSession {
     // Traced in the order fragments open, so nested ones follow their parent.
     const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
     if (r.kind === 'hit') {
+      // verify: a share of stored hits is re-rendered after the response and compared (see lib/verify.ts).
+      if (this.verifyRate && !r.fresh && !r.stale && Math.random() < this.verifyRate) (this.sampled ??= new Map()).set(spec.key, { cache: spec.cache, entry: r.entry, block });
       this.inherit(spec.cache, r.entry.tags);
       if (traced) {
         // Rendered by this render in an earlier pass: a miss, with what was rendered inside it then. Rendered

@@ -473,7 +473,7 @@ describe('fragcache deps', () => {
     });
     const r = await cli(['deps', 'a.njk', '--views', dir]);
     expect(r.code).toBe(0);
-    expect(r.stdout).toContain('├── include tpl (dynamic: not followed) :1');
+    expect(r.stdout).toContain('├── include tpl (dynamic: not followed, not in the digest; declare it with deps=[…] or {# Template Dependency: … #}) :1');
     expect(r.stdout).toContain('├── gone.njk (not found) :2');
     expect(r.stdout).toContain('│   └── cache inner ttl 5 :1');
     expect(r.stdout).toContain('│       └── a.njk (cycle) :1');

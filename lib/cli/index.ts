@@ -137,6 +137,25 @@ Examples:
 
   common(
     p
+      .command('lint')
+      .description('the leak guard, for CI: every cache block that reads data it does not vary on, or emits a per-request secret (exit 1 when any)')
+      .argument('[templates...]', 'template paths under the views (default: every .njk/.html/.nunjucks file)')
+      .option('--shared <names>', 'variables that are the same for every request, comma-separated (e.g. site,nav)')
+      .option('--json', 'print { templates, problems, notes } as JSON'),
+    { views: true, syntax: true },
+  )
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ fragcache lint
+  $ fragcache lint layout.njk partials/sidebar.njk --shared site,nav
+  $ fragcache lint --json | jq '.problems[].message'`,
+    )
+    .action(async (templates: string[], opts) => (await import('./lint-command')).lint(templates, opts));
+
+  common(
+    p
       .command('keys')
       .description('list the keys of the configured store under the prefix (fragments, values, tag versions)')
       .argument('[pattern]', 'glob (* and ?) matched against the fragment name or the whole key')

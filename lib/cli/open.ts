@@ -10,7 +10,7 @@ import { FragcacheError } from '../errors';
 import { createStore } from '../stores';
 import type { Store } from '../store';
 import { describeStore, isMemory, type CliConfig } from './config';
-import { CliError } from './io';
+import { CliError, colorsFor } from './io';
 
 /** How long a store may take to answer the first call before the CLI calls it unreachable. */
 const PROBE_MS = 3000;
@@ -60,6 +60,8 @@ export async function openEngine(config: CliConfig, extra: { noCache?: boolean }
   } catch (err) {
     storeError(err, config);
   }
+  // Leak guard findings and dynamic dependencies, as the CLI prints warnings (stderr: stdout stays the HTML).
+  engine.on('warning', (w) => process.stderr.write(`${colorsFor(process.stderr).yellow('warning')}: ${w.message}\n`));
   if (!isMemory(config.store)) {
     try {
       await probe(engine.cache, config.store);

@@ -148,9 +148,10 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
   }
 
-  // A fragment's key changes with its block's source, not with its data or with the templates it
-  // includes: after a change, cached fragments would be served stale until their TTL. So every change
-  // empties what this server cached before the pages reload. The in-process memory store is emptied
+  // A fragment's key changes with its block's source and the templates it depends on (dependency digests:
+  // the loader has noCache, so an edited template recompiles with new digests and exactly the fragments
+  // that depend on it miss), not with its data: after a data change, cached fragments would be served stale
+  // until their TTL. So a data change empties what this server cached before the pages reload. The in-process memory store is emptied
   // whole; on a shared store only the entries this server rendered or served are deleted (whatever
   // else is under the prefix belongs to other processes).
   const memory = isMemory(config.store);
@@ -181,7 +182,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     changes = changes.then(async () => {
       try {
         await Promise.allSettled([...inflight]);
-        await forget();
+        if (path.resolve(file).startsWith(dataDir + path.sep)) await forget();
       } catch (err) {
         process.stderr.write(`${log.yellow('warning')}: could not empty the cache after ${path.relative(process.cwd(), file)} changed: ${(err as Error)?.message ?? err}\n`);
       }
