@@ -20,6 +20,9 @@ import { StoreGuard, type GuardOptions } from './guard';
 import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
 import type { Store, StoreWrite } from './store';
 
+/** How long the record written by an invalidation lives (7 days): see {@link FragmentCache.bumpTags}. */
+export const BUMP_TTL_MS = 7 * 24 * 60 * 60 * 1000;
+
 /** Options of {@link FragmentCache}. */
 export interface CacheOptions {
   /**
@@ -173,22 +176,27 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     return tags.map(userTag);
   }
 
-  /** Reads tag versions; creates the missing ones (with `add`, so a concurrent invalidation wins). */
-  async tagVersions(tagKeys: readonly string[]): Promise<Map<string, string>> {
+  /**
+   * Reads tag versions; creates the missing ones (with `add`, so a concurrent invalidation wins). A created
+   * record lives `ttlMs` (`null`: until evicted): give the longest lifetime of the entries that will carry it,
+   * so that traffic leaves no permanent key (a record that expires only makes its entries misses).
+   */
+  async tagVersions(tagKeys: readonly string[], ttlMs: number | null = null): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     if (!tagKeys.length) return out;
     const sync = this.store.sync;
     if (sync) {
-      for (const k of tagKeys) out.set(k, this.tagVersionSync(k));
+      for (const k of tagKeys) out.set(k, this.tagVersionSync(k, ttlMs));
       return out;
     }
+    const record = (body: string): Entry => ({ body, created: Date.now(), expires: ttlMs === null ? null : Date.now() + ttlMs });
     const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
     await Promise.all(
       missing.map(async (k) => {
         const v = newVersion();
-        const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
+        const added = await this.guard.run('add', () => this.store.add(k, record(v), ttlMs));
         if (added) out.set(k, v);
         else {
           // Someone created it first (maybe an invalidation): use theirs.
@@ -197,7 +205,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
           else {
             // The key holds something unreadable (garbage, another format version) or vanished since: replace it
             // with a new version. Safe: no entry carries a version that was never readable, so none revives.
-            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: { body: v, created: Date.now(), expires: null }, ttlMs: null }]));
+            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: record(v), ttlMs }]));
             out.set(k, v);
           }
         }
@@ -207,12 +215,12 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   }
 
   /** Same-tick tag version (memory store). */
-  tagVersionSync(tagKey: string): string {
+  tagVersionSync(tagKey: string, ttlMs: number | null = null): string {
     const sync = this.store.sync!;
     const e = sync.get(tagKey);
     if (e) return e.body;
     const v = newVersion();
-    sync.set(tagKey, { body: v, created: Date.now(), expires: null }, null);
+    sync.set(tagKey, { body: v, created: Date.now(), expires: ttlMs === null ? null : Date.now() + ttlMs }, ttlMs);
     return v;
   }
 
@@ -446,7 +454,9 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
   async bumpTags(tagIds: readonly string[]): Promise<void> {
-    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: null }, ttlMs: null }));
+    // A TTL, so that invalidating a name never stored leaves no permanent key. Safe whatever its length: once
+    // the record is gone, every entry stamped with any version of the tag reads as invalid.
+    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: Date.now() + BUMP_TTL_MS }, ttlMs: BUMP_TTL_MS }));
     // Never the same-tick path, even on a same-tick store: its writes report failures instead of throwing, and an
     // invalidation that did not happen must reject.
     await this.guard.run('setMany', () => this.store.setMany(writes));
