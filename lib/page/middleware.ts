@@ -477,7 +477,7 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
     const engine = app?.get?.(ENGINE_SETTING) as Engine | undefined;
     let cache = fixed ?? (engine ? pageCacheOf(engine) : undefined);
     if (!cache) {
-      if (app && typeof app === 'object') {
+      if (app && (typeof app === 'object' || typeof app === 'function')) {
         cache = appCaches.get(app);
         if (!cache) appCaches.set(app, (cache = new FragmentCache(createStore('memory'))));
       } else cache = lone ??= new FragmentCache(createStore('memory'));
