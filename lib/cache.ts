@@ -186,10 +186,12 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     if (!tagKeys.length) return out;
     const sync = this.store.sync;
     if (sync) {
-      for (const k of tagKeys) out.set(k, this.tagVersionSync(k, ttlMs));
+      // In-process: bounded by the store's LRU, so the records need no TTL (and keep their compact form).
+      for (const k of tagKeys) out.set(k, this.tagVersionSync(k));
       return out;
     }
-    const record = (body: string): Entry => ({ body, created: Date.now(), expires: ttlMs === null ? null : Date.now() + ttlMs });
+    // The store's TTL bounds the record, not `expires`: writes of longer-lived entries extend it (writeMany).
+    const record = (body: string): Entry => ({ body, created: Date.now(), expires: null });
     const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
@@ -215,12 +217,12 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   }
 
   /** Same-tick tag version (memory store). */
-  tagVersionSync(tagKey: string, ttlMs: number | null = null): string {
+  tagVersionSync(tagKey: string): string {
     const sync = this.store.sync!;
     const e = sync.get(tagKey);
     if (e) return e.body;
     const v = newVersion();
-    sync.set(tagKey, { body: v, created: Date.now(), expires: ttlMs === null ? null : Date.now() + ttlMs }, ttlMs);
+    sync.set(tagKey, { body: v, created: Date.now(), expires: null }, null);
     return v;
   }
 
@@ -252,13 +254,32 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       for (const w of writes) this.store.sync.set(w.key, w.entry, w.ttlMs);
       return true;
     }
+    const extend = this.store.extend && this.tagExtensions(writes);
     try {
-      await this.guard.run('setMany', () => this.store.setMany(writes));
+      // The tag records the entries depend on live at least as long as they do (a record that expires first
+      // only makes them misses, but early). Failing to extend is reported, never fails the write.
+      const extended = extend?.length ? this.guard.run('extend', () => this.store.extend!(extend)).catch((err) => this.report(err)) : undefined;
+      await Promise.all([this.guard.run('setMany', () => this.store.setMany(writes)), extended]);
       return true;
     } catch (err) {
       this.report(err);
       return false;
     }
+  }
+
+  /** The tag records of the written entries, with the longest TTL of the entries carrying each (none: no expiry). */
+  private tagExtensions(writes: readonly StoreWrite[]): { key: string; ttlMs: number }[] {
+    const longest = new Map<string, number>();
+    // Page URL records carry their own expiry and are kept by the page cache itself: never extended here.
+    const urlRecords = [this.tagKey('p/'), this.tagKey('q/')];
+    for (const w of writes) {
+      const tags = w.entry.tags;
+      if (!tags || w.ttlMs === null) continue;
+      for (let i = 0; i < tags.length; i += 2) {
+        if (!urlRecords.some((u) => tags[i].startsWith(u))) longest.set(tags[i], Math.max(longest.get(tags[i]) ?? 0, w.ttlMs));
+      }
+    }
+    return [...longest].map(([key, ttlMs]) => ({ key, ttlMs }));
   }
 
   /** Reports a store error through the `error` event, at most once per `errorInterval` for the same message. */
