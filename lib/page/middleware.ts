@@ -35,7 +35,8 @@ export interface PageCacheOptions {
   /**
    * Where pages go: a store spec (`"memory"`, a URL, a Keyv, a `Store`), a `FragmentCache`, or an `Engine`
    * (its `pages` store if it has one, else its default store). Default: the engine registered on the app with
-   * `engine.express(app)`, else one in-process memory store shared by every middleware without a store.
+   * `engine.express(app)`, else an in-process memory store of the app's own (apps never share pages unless
+   * given the same store).
    */
   store?: StoreSpec | FragmentCache | Engine;
   /** Key prefix (Django's `key_prefix`): pages under different prefixes never see each other. Default `""`. */
@@ -89,7 +90,10 @@ export interface PageMiddleware {
 }
 
 let sharedMemory: FragmentCache | undefined;
-/** The in-process cache used by middlewares that have no store and no engine. */
+/**
+ * One process-wide memory cache, for apps that are meant to share pages: pass it as `store`. (Middlewares
+ * without a store or engine use a memory cache of their app's own.)
+ */
 export function defaultPageCache(): FragmentCache {
   return (sharedMemory ??= new FragmentCache(createStore('memory')));
 }

@@ -1,0 +1,25 @@
+/**
+ * A separate process running the example blog on a shared store: `example-worker.ts <store url> <prefix>
+ * <users>` prints its port, then serves until SIGTERM.
+ */
+import { once } from 'node:events';
+import { createApp } from '../../examples/express/server';
+import { makeUsers } from './leak-load';
+
+async function main(): Promise<void> {
+  const [store, prefix, users] = process.argv.slice(2);
+  const blog = createApp({ store, prefix, users: makeUsers(Number(users)) });
+  blog.engine.on('error', (err) => console.error(`worker ${process.pid}: ${String(err)}`));
+  const server = blog.app.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  process.stdout.write(`${(server.address() as { port: number }).port}\n`);
+  process.on('SIGTERM', () => {
+    server.closeAllConnections();
+    server.close(() => void blog.close().finally(() => process.exit(0)));
+  });
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
