@@ -69,7 +69,10 @@ describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => 
     await engine.invalidate('never-stored');
     await engine.invalidate('never-stored', ['some', 'variant']);
     await engine.invalidateTag('never-stored-tag');
-    const { total, permanent } = await permanentKeys(prefix);
+    const { total, permanent: found } = await permanentKeys(prefix);
+    // One fixed record per prefix may be permanent (the time of the latest invalidation, if the cache keeps
+    // one): it does not grow with traffic.
+    const permanent = found.filter((k) => k !== `${prefix}:tag:last`);
     expect(total).toBeGreaterThanOrEqual(2000); // the pages' tag records (120 s) are there (2 s fragments may be gone)…
     expect(permanent).toEqual([]); // …and every one of them expires
   }, 120_000);
