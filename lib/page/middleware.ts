@@ -558,9 +558,16 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
       let unlock: (() => void) | undefined;
       if (mineFlight && shared && pages.cache.store.lock) {
         const lockKey = `${pages.cache.base}pl:${hash(flightKey)}`;
-        const token = await pages.cache.guard.run('lock', () => pages.cache.store.lock!(lockKey, waitMs)).catch(() => undefined);
+        let token: string | undefined;
+        let failed = false;
+        try {
+          token = await pages.cache.guard.run('lock', () => pages.cache.store.lock!(lockKey, waitMs));
+        } catch (err) {
+          failed = true; // store down or slow: render now, never wait on it
+          pages.cache.report(err);
+        }
         if (token) unlock = () => void pages.cache.guard.run('unlock', () => pages.cache.store.unlock!(lockKey, token)).catch(() => undefined);
-        else {
+        else if (!failed) {
           // Another process renders it: wait for its page, bounded, then render here.
           const until = Date.now() + waitMs;
           while (Date.now() < until) {
