@@ -9,6 +9,7 @@ import express from 'express';
 import request from 'supertest';
 import { createEngine, type Engine } from '../lib';
 import { cachePage } from '../lib/express';
+import { startWorkers } from './support/leak-load';
 import { describeWith, need, privateRedis, redis as redisAvailability, type TestServer } from './support/servers';
 
 describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => {
@@ -120,4 +121,18 @@ describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => 
     expect(all.map((r) => r.text)).toEqual(Array(50).fill('cold page'));
     expect(runs).toBe(1);
   });
+
+  it('4 separate processes, 25 concurrent cold requests each, started together: the route runs once in all', async () => {
+    const fleet = await startWorkers(redis.url, `pf${process.pid}`, 0, 4, 'page-fleet-worker.ts');
+    try {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 100 });
+      const all = await Promise.all(fleet.ports.flatMap((port) => Array.from({ length: 25 }, () => request(`http://127.0.0.1:${port}`).get('/cold').set('Host', 'site.example').agent(agent))));
+      expect(all.map((r) => r.text)).toEqual(Array(100).fill('cold page'));
+      const runs = await Promise.all(fleet.ports.map(async (port) => (await request(`http://127.0.0.1:${port}`).get('/runs').agent(agent)).body.runs as number));
+      agent.destroy();
+      expect(runs.reduce((a, b) => a + b, 0)).toBe(1);
+    } finally {
+      await fleet.stop();
+    }
+  }, 90_000);
 });

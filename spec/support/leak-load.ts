@@ -93,9 +93,9 @@ export async function runLeakLoad(o: { ports: number[]; users: Record<string, Lo
 }
 
 /** Starts `n` example-blog processes on `store` (each its own engine and connection); resolves their ports. */
-export async function startWorkers(store: string, prefix: string, users: number, n: number): Promise<{ ports: number[]; stop(): Promise<void> }> {
-  const script = path.join(__dirname, 'example-worker.ts');
-  const children = Array.from({ length: n }, () => spawn(process.execPath, [require.resolve('tsx/cli'), script, store, prefix, String(users)], { stdio: ['ignore', 'pipe', 'inherit'] }));
+export async function startWorkers(store: string, prefix: string, users: number, n: number, script = 'example-worker.ts'): Promise<{ ports: number[]; stop(): Promise<void> }> {
+  const file = path.join(__dirname, script);
+  const children = Array.from({ length: n }, () => spawn(process.execPath, [require.resolve('tsx/cli'), file, store, prefix, String(users)], { stdio: ['ignore', 'pipe', 'inherit'] }));
   const stop = async () => {
     await Promise.all(children.map(async (c) => {
       if (c.exitCode !== null || c.signalCode !== null) return;
