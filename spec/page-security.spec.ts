@@ -346,6 +346,24 @@ describe('stampede', () => {
     expect(runs).toBe(1);
   });
 
+  it('requests for another variant of a URL whose Vary list is known do not wait for each other', async () => {
+    const app = express();
+    let deStarted!: () => void;
+    const de = new Promise<void>((r) => (deStarted = r));
+    app.get('/lang', cachePage(60, { store: fresh(), waitMs: 60_000 }), async (req, res) => {
+      const lang = String(req.headers['x-lang']);
+      if (lang === 'de') deStarted();
+      if (lang === 'fr') await de; // fr finishes only once de's route has run: a de waiting for fr would hang
+      res.set('Vary', 'X-Lang').send(`lang ${lang}`);
+    });
+    const s = await serve(app);
+    await request(s).get('/lang').set('X-Lang', 'en'); // the URL's Vary list is now known
+    await new Promise((r) => setTimeout(r, 20));
+    const both = Promise.all([request(s).get('/lang').set('X-Lang', 'fr'), request(s).get('/lang').set('X-Lang', 'de')]);
+    const outcome = await Promise.race([both.then((rs) => rs.map((r) => r.text)), new Promise((r) => setTimeout(() => r('waited'), 4000))]);
+    expect(outcome).toEqual(['lang fr', 'lang de']);
+  });
+
   it('a waiter whose leader never finishes renders itself after waitMs', async () => {
     const app = express();
     let runs = 0;

@@ -152,9 +152,10 @@ export class PageCache {
   /**
    * The valid page for a request, or undefined. Store failures read as a miss (and are reported). With
    * `check` (entries from a shared store), an entry that is not one this cache would have written comes back
-   * as `bad`, with why: the caller treats it as a miss and reports it.
+   * as `bad`, with why: the caller treats it as a miss and reports it. A miss for a URL whose `Vary` list is
+   * known says which page key missed (`missed`).
    */
-  async lookup(r: PageRequest, check = false): Promise<{ entry: PageEntry } | { bad: string; key: string } | undefined> {
+  async lookup(r: PageRequest, check = false): Promise<{ entry: PageEntry } | { bad: string; key: string } | { missed: string } | undefined> {
     const headKey = this.headerKey(r);
     const head = await this.read(headKey);
     if (!head) return undefined;
@@ -162,10 +163,10 @@ export class PageCache {
     if (badH) return { bad: badH, key: headKey };
     const key = this.pageKey(r, head.meta!.vary as string[]);
     const entry = await this.read(key);
-    if (!entry || !entry.meta) return undefined;
+    if (!entry || !entry.meta) return { missed: key };
     const bad = check ? badPage(entry) : undefined;
     if (bad) return { bad, key };
-    if (entry.tags && !(await this.tagsValid(entry))) return undefined;
+    if (entry.tags && !(await this.tagsValid(entry))) return { missed: key };
     return { entry: entry as PageEntry };
   }
 

@@ -529,13 +529,16 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
     pages.served = true;
     res.setHeader('X-Cache', 'MISS');
     const shared = !pages.cache.store.sync;
+    /** The page key that missed, when the URL's Vary list is known (requests for other variants do not wait). */
+    let missed: string | undefined;
     const hitOf = async (): Promise<PageEntry | undefined> => {
       const r = await pages.lookup(request, shared);
       if (r && 'bad' in r) {
         rejectBad(pages, r.key, r.bad);
         return undefined;
       }
-      return r?.entry;
+      if (r && 'missed' in r) missed = r.missed;
+      return r && 'entry' in r ? r.entry : undefined;
     };
     (async () => {
       let hit = await hitOf();
@@ -544,7 +547,7 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
       // look again; on a shared store a lock does the same across processes.
       let inProcess = flights.get(pages);
       if (!inProcess) flights.set(pages, (inProcess = new Map()));
-      const flightKey = `${pages.headerKey(request)}/${request.extra ?? ''}`;
+      const flightKey = missed ?? `${pages.headerKey(request)}/${request.extra ?? ''}`;
       const running = inProcess.get(flightKey);
       if (running) {
         await Promise.race([running.done, new Promise((r) => setTimeout(r, waitMs).unref())]);
