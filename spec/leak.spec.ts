@@ -1,5 +1,5 @@
 /**
- * Issue 13, "no cross-user leak under load" (short version; `npm run soak` runs 100,000 responses): 200 users
+ * Issue 13, "no cross-user leak under load" (short version; `npm run soak:leak` runs 100,000 responses): 200 users
  * with their own cookie, through the example blog with fragment and page caching on, served by 2 separate
  * processes sharing one private redis-server; every response is checked against its own user's data.
  */

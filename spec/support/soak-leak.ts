@@ -1,5 +1,5 @@
 /**
- * `npm run soak`: the long run of the cross-user leak check (issue 13). A private redis-server on loopback, 2
+ * `npm run soak:leak` (part of `npm run soak`): the long run of the cross-user leak check (issue 13). A private redis-server on loopback, 2
  * example-blog processes sharing it, 200 users, RESPONSES responses (default 100,000), bounded by SOAK_MS
  * (default 15 minutes). Prints the report as JSON; exits 1 on any leak or failure.
  */
