@@ -9,11 +9,14 @@ import { makeUsers } from './leak-load';
 async function main(): Promise<void> {
   const [store, prefix, users] = process.argv.slice(2);
   const blog = createApp({ store, prefix, users: makeUsers(Number(users)) });
-  blog.engine.on('error', (err) => console.error(`worker ${process.pid}: ${String(err)}`));
+  // Store errors (time budgets blown on a loaded machine) are allowed: counted, said once at the end.
+  let errors = 0;
+  blog.engine.on('error', () => void errors++);
   const server = blog.app.listen(0, '127.0.0.1');
   await once(server, 'listening');
   process.stdout.write(`${(server.address() as { port: number }).port}\n`);
   process.on('SIGTERM', () => {
+    if (errors) console.error(`example worker ${process.pid}: ${errors} store errors reported (served uncached meanwhile)`);
     server.closeAllConnections();
     server.close(() => void blog.close().finally(() => process.exit(0)));
   });
