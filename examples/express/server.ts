@@ -24,13 +24,15 @@ export interface AppOptions {
   store?: StoreSpec;
   /** Key prefix (tests use a unique one on shared stores). */
   prefix?: string;
+  /** Time budget of each store call in ms (the engine's `timeout`). */
+  timeout?: number;
   /** The users of the cookie session (default: alice and bob). Load tests bring many. */
   users?: Record<string, (typeof USERS)[string]>;
 }
 
 /** Builds the app. Tests drive it over HTTP; `close()` waits for invalidations and closes the stores. */
 export function createApp(options: AppOptions = {}): { app: express.Express; engine: Engine; articles: Articles; close(): Promise<void> } {
-  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix });
+  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout });
   const articles = new Articles();
   const users = options.users ?? USERS;
   // Saving an article drops its card, its cached body and its cached pages (all tagged `article:<id>`).

@@ -21,6 +21,7 @@ async function main(): Promise<void> {
   });
   app.get('/runs', (req, res) => void res.json({ runs }));
   const server = app.listen(0, '127.0.0.1');
+  server.keepAliveTimeout = 65_000; // longer than the load generator keeps idle sockets: no reuse race
   await once(server, 'listening');
   process.stdout.write(`${(server.address() as { port: number }).port}\n`);
   process.on('SIGTERM', () => {
