@@ -2,7 +2,10 @@
  * Issue 9, "bounded whatever the traffic", on a private redis-server: traffic leaves no key without a TTL,
  * and a cold page is produced once for the whole fleet.
  */
+import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import http from 'node:http';
 import { createClient } from '@redis/client';
 import express from 'express';
@@ -78,6 +81,18 @@ describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => 
     expect(total).toBeGreaterThanOrEqual(2000); // the pages' tag records (120 s) are there (2 s fragments may be gone)…
     expect(permanent).toEqual([]); // …and every one of them expires
   }, 120_000);
+
+  it('`fragcache invalidate` of a name (or tag) never stored leaves no permanent key', async () => {
+    const bin = path.join(__dirname, '..', 'dist', 'cli', 'index.js');
+    if (!existsSync(bin)) throw new Error(`${bin} is missing: run "npm run build" first (npm test does)`);
+    const prefix = `pc${process.pid}`;
+    for (const args of [['invalidate', 'never-stored'], ['invalidate', 'never-stored', '7'], ['invalidate', '--tag', 'never-tag']]) {
+      execFileSync(process.execPath, [bin, ...args, '--store', redis.url, '--prefix', prefix], { stdio: 'pipe', timeout: 30_000 });
+    }
+    const { total, permanent } = await permanentKeys(prefix);
+    expect(total).toBeGreaterThanOrEqual(3); // one record per invalidation (plus, maybe, the prefix's fixed one)
+    expect(permanent.filter((k) => k !== `${prefix}:tag:last`)).toEqual([]);
+  }, 60_000);
 
   it('a tag record created for a short-lived page is extended when a longer-lived fragment carrying it is stored', async () => {
     const prefix = `px${process.pid}`;
