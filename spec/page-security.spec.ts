@@ -79,6 +79,18 @@ describe('never store what the final response forbids', () => {
     expect(runs).toBe(2);
   });
 
+  it('a response not stored for its status gets no max-age or Expires of ours', async () => {
+    const app = express();
+    app.use(cacheMiddleware({ ttl: 60, store: fresh() }));
+    app.get('/gone', (req, res) => void res.status(404).send('gone'));
+    app.get('/fail', (req, res) => void res.status(500).send('fail'));
+    const s = await serve(app);
+    for (const [url, status] of [['/gone', 404], ['/fail', 500], ['/nowhere', 404]] as const) {
+      const r = await request(s).get(url).expect(status);
+      expect([url, r.headers['cache-control'], r.headers.expires, r.headers['cache-status']]).toEqual([url, undefined, undefined, 'fragcache; fwd=uri-miss; stored=?0; detail=status']);
+    }
+  });
+
   it('a Vary added by a hook of an earlier middleware is a part of the key', async () => {
     const cache = fresh();
     const app = express();

@@ -284,7 +284,9 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
     const age = maxAge(cc);
     const routeExpires = expiresMs(final.expires, now);
     if (!why && shared === undefined && age === undefined && routeExpires === null) why = 'expires';
-    const headersOk = why === undefined;
+    // Our caching headers only on what is (or, for a HEAD or a 304, would be as a GET) stored: never on a 404 or
+    // a 500 that a proxy could then keep.
+    const headersOk = why === undefined && (status === 200 || status === 304);
     if (!why && req.method !== 'GET') why = 'method';
     if (!why && status !== 200) why = 'status';
     const viewMs = shared !== undefined ? shared * 1000 : age !== undefined ? age * 1000 : routeExpires ?? undefined;
