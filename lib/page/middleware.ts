@@ -558,7 +558,8 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
       }
       let release!: () => void;
       const flight: Flight = { done: new Promise<void>((r) => (release = r)) };
-      const mineFlight = !running;
+      // A HEAD is never stored: it leads no flight (GETs waiting for it would all miss afterwards).
+      const mineFlight = !running && req.method === 'GET';
       if (mineFlight) inProcess.set(flightKey, flight);
       let unlock: (() => void) | undefined;
       if (mineFlight && shared && pages.cache.store.lock) {
