@@ -21,6 +21,9 @@ import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
 import type { Store, StoreWrite } from './store';
 import type { FragcacheWarning } from './warnings';
 
+/** How long the record written by an invalidation lives (7 days): see {@link FragmentCache.bumpTags}. */
+export const BUMP_TTL_MS = 7 * 24 * 60 * 60 * 1000;
+
 /** Options of {@link FragmentCache}. */
 export interface CacheOptions {
   /**
@@ -176,22 +179,29 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     return tags.map(userTag);
   }
 
-  /** Reads tag versions; creates the missing ones (with `add`, so a concurrent invalidation wins). */
-  async tagVersions(tagKeys: readonly string[]): Promise<Map<string, string>> {
+  /**
+   * Reads tag versions; creates the missing ones (with `add`, so a concurrent invalidation wins). A created
+   * record lives `ttlMs` (`null`: until evicted): give the longest lifetime of the entries that will carry it,
+   * so that traffic leaves no permanent key (a record that expires only makes its entries misses).
+   */
+  async tagVersions(tagKeys: readonly string[], ttlMs: number | null = null): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     if (!tagKeys.length) return out;
     const sync = this.store.sync;
     if (sync) {
+      // In-process: bounded by the store's LRU, so the records need no TTL (and keep their compact form).
       for (const k of tagKeys) out.set(k, this.tagVersionSync(k));
       return out;
     }
+    // The store's TTL bounds the record, not `expires`: writes of longer-lived entries extend it (writeMany).
+    const record = (body: string): Entry => ({ body, created: Date.now(), expires: null });
     const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
     await Promise.all(
       missing.map(async (k) => {
         const v = newVersion();
-        const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
+        const added = await this.guard.run('add', () => this.store.add(k, record(v), ttlMs));
         if (added) out.set(k, v);
         else {
           // Someone created it first (maybe an invalidation): use theirs.
@@ -200,7 +210,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
           else {
             // The key holds something unreadable (garbage, another format version) or vanished since: replace it
             // with a new version. Safe: no entry carries a version that was never readable, so none revives.
-            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: { body: v, created: Date.now(), expires: null }, ttlMs: null }]));
+            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: record(v), ttlMs }]));
             out.set(k, v);
           }
         }
@@ -247,13 +257,32 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       for (const w of writes) this.store.sync.set(w.key, w.entry, w.ttlMs);
       return true;
     }
+    const extend = this.store.extend && this.tagExtensions(writes);
     try {
-      await this.guard.run('setMany', () => this.store.setMany(writes));
+      // The tag records the entries depend on live at least as long as they do (a record that expires first
+      // only makes them misses, but early). Failing to extend is reported, never fails the write.
+      const extended = extend?.length ? this.guard.run('extend', () => this.store.extend!(extend)).catch((err) => this.report(err)) : undefined;
+      await Promise.all([this.guard.run('setMany', () => this.store.setMany(writes)), extended]);
       return true;
     } catch (err) {
       this.report(err);
       return false;
     }
+  }
+
+  /** The tag records of the written entries, with the longest TTL of the entries carrying each (none: no expiry). */
+  private tagExtensions(writes: readonly StoreWrite[]): { key: string; ttlMs: number }[] {
+    const longest = new Map<string, number>();
+    // Page URL records carry their own expiry and are kept by the page cache itself: never extended here.
+    const urlRecords = [this.tagKey('p/'), this.tagKey('q/')];
+    for (const w of writes) {
+      const tags = w.entry.tags;
+      if (!tags || w.ttlMs === null) continue;
+      for (let i = 0; i < tags.length; i += 2) {
+        if (!urlRecords.some((u) => tags[i].startsWith(u))) longest.set(tags[i], Math.max(longest.get(tags[i]) ?? 0, w.ttlMs));
+      }
+    }
+    return [...longest].map(([key, ttlMs]) => ({ key, ttlMs }));
   }
 
   /** Reports a store error through the `error` event, at most once per `errorInterval` for the same message. */
@@ -449,7 +478,9 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
   async bumpTags(tagIds: readonly string[]): Promise<void> {
-    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: null }, ttlMs: null }));
+    // A TTL, so that invalidating a name never stored leaves no permanent key. Safe whatever its length: once
+    // the record is gone, every entry stamped with any version of the tag reads as invalid.
+    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: Date.now() + BUMP_TTL_MS }, ttlMs: BUMP_TTL_MS }));
     // Never the same-tick path, even on a same-tick store: its writes report failures instead of throwing, and an
     // invalidation that did not happen must reject.
     await this.guard.run('setMany', () => this.store.setMany(writes));

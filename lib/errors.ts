@@ -111,3 +111,6 @@ export function describe(value: unknown): string {
   if (value instanceof Date) return `the date ${value.toISOString?.() ?? 'Invalid Date'}`;
   return `an object (${Object.prototype.toString.call(value).slice(8, -1)})`;
 }
+
+/** A page cache call cannot do what was asked (an invalidation that would reach no cache, a misplaced middleware). */
+export class PageCacheError extends FragcacheError {}

@@ -600,7 +600,11 @@ export class RenderSession {
     let canStore = true;
     if (missingTags.length) {
       try {
-        for (const [k, v] of await cache.tagVersions(missingTags)) this.versions.set(k, v);
+        // Created records live as long as the longest entry of this batch that carries them (one per distinct
+        // vary value is created by traffic: none may be permanent unless an entry is).
+        let ttl: number | null = 0;
+        for (const spec of specs) if (ttl !== null) ttl = spec.ttlMs === null ? null : Math.max(ttl, spec.ttlMs + spec.staleMs);
+        for (const [k, v] of await cache.tagVersions(missingTags, ttl || null)) this.versions.set(k, v);
       } catch (err) {
         cache.report(err);
         canStore = false;

@@ -35,6 +35,12 @@ export interface Store {
   deleteMany(keys: readonly string[]): Promise<void>;
   /** Deletes every key that starts with `prefix` (and nothing else); returns how many, when known. */
   clear(prefix: string): Promise<number | undefined>;
+  /**
+   * Optional: makes each key live at least `ttlMs` from now, never shorter than it already does and never
+   * changing its value (a tag record that an entry written now depends on). Keys that are missing or have no
+   * expiry are left alone.
+   */
+  extend?(keys: readonly { key: string; ttlMs: number }[]): Promise<void>;
   /** Lists keys that start with `prefix`. */
   keys?(prefix: string): AsyncIterable<string>;
   /** Takes a cross-process lock; resolves to a token when taken, `undefined` when someone holds it. */

@@ -25,12 +25,17 @@ export interface AppOptions {
   store?: StoreSpec;
   /** Key prefix (tests use a unique one on shared stores). */
   prefix?: string;
+  /** Time budget of each store call in ms (the engine's `timeout`). */
+  timeout?: number;
+  /** The users of the cookie session (default: alice and bob). Load tests bring many. */
+  users?: Record<string, (typeof USERS)[string]>;
 }
 
 /** Builds the app. Tests drive it over HTTP; `close()` waits for invalidations and closes the stores. */
 export function createApp(options: AppOptions = {}): { app: express.Express; engine: Engine; articles: Articles; close(): Promise<void> } {
-  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix });
+  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout });
   const articles = new Articles();
+  const users = options.users ?? USERS;
   // Saving an article drops its card, its cached body and its cached pages (all tagged `article:<id>`).
   engine.invalidateOn(articles, 'saved', (a: { id: number }) => ({ tags: [`article:${a.id}`] }));
 
@@ -42,7 +47,7 @@ export function createApp(options: AppOptions = {}): { app: express.Express; eng
   // A cookie "session" without real auth: `Cookie: uid=alice`.
   app.use((req, res, next) => {
     const uid = /(?:^|;\s*)uid=([^;]*)/.exec(req.headers.cookie ?? '')?.[1];
-    req.user = uid ? USERS[uid] : undefined;
+    req.user = uid && Object.hasOwn(users, uid) ? users[uid] : undefined;
     res.locals.user = req.user;
     res.locals.userId = req.user?.id ?? null;
     next();

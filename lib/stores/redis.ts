@@ -65,6 +65,9 @@ interface RedisLike {
 /** Releases a lock only when the caller's token still owns it (never someone else's after expiry). */
 const UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
+/** Lengthens a key's TTL, never shortens it, never touches a key without one (PEXPIRE … GT, before Redis 7 too). */
+const EXTEND = "local t = redis.call('pttl', KEYS[1]) if t >= 0 and t < tonumber(ARGV[1]) then redis.call('pexpire', KEYS[1], ARGV[1]) end return t";
+
 /** Escapes glob characters of SCAN MATCH, so a prefix matches only itself. */
 function globEscape(s: string): string {
   return s.replace(/[*?[\]\\]/g, '\\$&');
@@ -301,6 +304,13 @@ export class RedisStore implements Store {
         for (const k of Array.isArray(chunk) ? chunk : [chunk]) if (k.startsWith(prefix)) yield k;
       }
     }
+  }
+
+  async extend(keys: readonly { key: string; ttlMs: number }[]): Promise<void> {
+    if (!keys.length) return;
+    await this.connected();
+    // One script per key (sent in one tick: one pipeline; any cluster slot).
+    await Promise.all(keys.map((k) => this.client.eval(EXTEND, { keys: [k.key], arguments: [String(Math.max(1, Math.ceil(k.ttlMs)))] })));
   }
 
   /** `SET key token NX PX ttl`: the lock expires by itself, so a crashed owner blocks nobody for long. */
