@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createClient } from '@redis/client';
@@ -43,52 +43,9 @@ function run(args: string[], options: { cwd: string; tty?: boolean; store?: stri
   });
 }
 
-/** A thin Store over @redis/client, for when the built-in Redis store is absent. */
-const FALLBACK_STORE = (url: string) => `
-const { createClient } = require(${JSON.stringify(require.resolve('@redis/client'))});
-const { encodeEntry, decodeEntry } = require(${JSON.stringify(path.join(ROOT, 'dist', 'entry.js'))});
-const client = createClient({ url: ${JSON.stringify(url)}, socket: { reconnectStrategy: false } });
-let ready;
-const c = () => (ready ??= client.connect()).then(() => client);
-module.exports.store = {
-  kind: 'redis', shared: true,
-  async getMany(keys) { if (!keys.length) return []; return (await (await c()).mGet([...keys])).map((x) => (x == null ? undefined : decodeEntry(x))); },
-  async setMany(ws) { const cl = await c(); await Promise.all(ws.map((w) => cl.set(w.key, encodeEntry(w.entry), w.ttlMs ? { PX: w.ttlMs } : undefined))); },
-  async add(k, e, t) { return (await (await c()).set(k, encodeEntry(e), t ? { PX: t, NX: true } : { NX: true })) === 'OK'; },
-  async deleteMany(keys) { if (keys.length) await (await c()).del([...keys]); },
-  async clear(prefix) { const ks = []; for await (const k of this.keys(prefix)) ks.push(k); await this.deleteMany(ks); return ks.length; },
-  async *keys(prefix) { const cl = await c(); for await (const b of cl.scanIterator({ MATCH: prefix.replace(/[*?[\\]\\\\]/g, '\\\\$&') + '*', COUNT: 1000 })) for (const k of [].concat(b)) yield k; },
-  async close() { if (ready) await client.quit().catch(() => undefined); },
-};
-`;
-
-/**
- * How the CLI reaches the Redis: the built-in `redis://` store when it is registered; until then the
- * built RedisStore through a fragcache.config.js, or (without it) a thin Store over @redis/client, so the
- * commands are exercised end to end either way.
- */
-type Mode = 'url' | 'redis-store' | 'client';
-function storeMode(url: string): Mode {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { createStore } = require(path.join(ROOT, 'dist', 'index.js')) as { createStore(s: string): { close(): Promise<void> } };
-  try {
-    void createStore(url).close();
-    return 'url';
-  } catch {
-    return existsSync(path.join(ROOT, 'dist', 'stores', 'redis.js')) ? 'redis-store' : 'client';
-  }
-}
-
-/** Writes the config that points the CLI at `url`; returns the mode used. */
-function writeConfig(dir: string, url: string, prefix: string): Mode {
-  const mode = storeMode(url);
-  const base = { prefix, views: path.join(ROOT, 'templates') };
-  if (mode === 'url') writeFileSync(path.join(dir, 'fragcache.config.json'), JSON.stringify({ ...base, store: url }));
-  else if (mode === 'redis-store') {
-    const req = JSON.stringify(path.join(ROOT, 'dist', 'stores', 'redis.js'));
-    writeFileSync(path.join(dir, 'fragcache.config.js'), `module.exports = { ...${JSON.stringify(base)}, store: require(${req}).redisFromUrl(${JSON.stringify(url)}) };`);
-  } else writeFileSync(path.join(dir, 'fragcache.config.js'), `${FALLBACK_STORE(url)}\nObject.assign(module.exports, ${JSON.stringify(base)});`);
-  return mode;
+/** Writes the config that points the CLI at `url` (the built-in redis:// store: a broken one must fail here). */
+function writeConfig(dir: string, url: string, prefix: string): void {
+  writeFileSync(path.join(dir, 'fragcache.config.json'), JSON.stringify({ prefix, views: path.join(ROOT, 'templates'), store: url }));
 }
 
 describeWith(need(redisServer), 'store commands against a real Redis', () => {
@@ -105,8 +62,7 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     client = createClient({ url: redis.url });
     await client.connect();
     dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-store-'));
-    const mode = writeConfig(dir, redis.url, prefix);
-    if (mode !== 'url') console.warn(`NOTE: redis:// is not a registered store scheme yet: the CLI reaches Redis through a fragcache.config.js (${mode})`);
+    writeConfig(dir, redis.url, prefix);
     // A key outside the prefix: no command may touch it.
     await client.set(`${prefix}-other:keep`, 'mine');
   }, 30_000);
@@ -187,7 +143,6 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
   }, 60_000);
 
   test('without a config file: FRAGCACHE_STORE or --store point the commands at the Redis', async () => {
-    if (storeMode(redis.url) !== 'url') return console.warn('SKIPPED: redis:// is not a registered scheme in this build');
     const empty = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-noconfig-'));
     const viaEnv = await run(['keys', 'front-page', '--prefix', prefix, '--json'], { cwd: empty, store: redis.url });
     expect([viaEnv.code, viaEnv.stderr]).toEqual([0, '']);
@@ -303,12 +258,12 @@ describe('an unreachable store', () => {
     const port = await freePort(); // nothing listens there
     const url = `redis://127.0.0.1:${port}`;
     const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-down-'));
-    const builtIn = writeConfig(dir, url, 'down') === 'url';
+    writeConfig(dir, url, 'down');
     for (const args of [['keys'], ['stats'], ['invalidate', 'nav'], ['preview', 'page.njk']]) {
       const started = Date.now();
       const r = await run(args, { cwd: dir });
       expect([args, r.code]).toEqual([args, 1]);
-      expect(r.stderr).toMatch(builtIn ? new RegExp(`^error: store redis://127\\.0\\.0\\.1:${port}/? is unreachable: `) : /^error: the redis store is unreachable: /);
+      expect(r.stderr).toMatch(new RegExp(`^error: store redis://127\\.0\\.0\\.1:${port}/? is unreachable: `));
       expect(r.stderr).not.toMatch(/\n\s+at /);
       expect(Date.now() - started).toBeLessThan(8000);
     }

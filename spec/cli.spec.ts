@@ -51,6 +51,7 @@ function cliOnTty(args: string[], env: Record<string, string> = {}): Promise<Run
 
 const ESC = '\x1b[';
 const hasScript = existsSync('/usr/bin/script');
+if (!hasScript && process.env.CI === 'true') throw new Error('/usr/bin/script is missing: CI must run the TTY colour test (apt-get install -y bsdutils)');
 if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run "npm run build" first (npm test does)`);
 
 function tmp(): string {

@@ -308,10 +308,13 @@ describe('API and messages', () => {
 
   test('fixed: invalidateOn whose function returns nothing throws into the app\'s emit()', () => {
     const engine = createEngine({ views: views({}) });
-    engine.on('error', () => undefined);
+    const errors: Error[] = [];
+    engine.on('error', (e) => errors.push(e));
     const emitter = new EventEmitter();
     engine.invalidateOn(emitter, 'saved', () => undefined as unknown as { tags: string[] });
     expect(() => emitter.emit('saved')).not.toThrow();
+    // Reported instead, naming what was wrong.
+    expect(errors.map((e) => e.message)).toEqual([expect.stringMatching(/invalidateOn targets/)]);
   });
 });
 
