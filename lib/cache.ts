@@ -12,10 +12,10 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
 import { parseTtl, type Ttl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { FragcacheError, OptionError, StoreError } from './errors';
+import { createdVersion, invalidationVersion, StoreClock } from './fencing';
 import { StoreGuard, type GuardOptions } from './guard';
 import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
 import type { Store, StoreWrite } from './store';
@@ -44,6 +44,11 @@ export interface Counters {
   stores: number;
   stale: number;
   errors: number;
+  /**
+   * Fragments rendered but not stored because their data was loaded before one of their tags was invalidated
+   * (the render's `since` is older than the invalidation): storing them would bring old content back.
+   */
+  fenced: number;
 }
 
 /** Options of the low-level `set`/`wrap`. */
@@ -71,6 +76,8 @@ export interface CacheEvents {
   miss: [FragmentEvent];
   stale: [FragmentEvent];
   store: [FragmentEvent];
+  /** A fragment was shown but not stored: its data was loaded before one of its tags was invalidated. */
+  fenced: [FragmentEvent];
   invalidate: [{ kind: 'name' | 'variant' | 'tag' | 'key' | 'clear'; target: string }];
   error: [FragcacheError];
 }
@@ -92,10 +99,6 @@ function deferred(): Deferred {
   return { promise, resolve, reject };
 }
 
-function newVersion(): string {
-  return randomBytes(9).toString('base64url');
-}
-
 /** The cache over one store. Created by `createEngine` (as `engine.cache`) or directly. */
 export class FragmentCache extends EventEmitter<CacheEvents> {
   readonly store: Store;
@@ -107,11 +110,13 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   /** Fragments and values being produced in this process right now (single-flight). */
   readonly inflight = new Map<string, Deferred>();
   private readonly counters = new Map<string, Counters>();
-  private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 };
+  private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 };
   private readonly errorInterval: number;
   private readonly lastReported = new Map<string, number>();
   /** The emitter events go to (this cache, or the engine that owns it). */
   readonly events: EventEmitter<CacheEvents>;
+  /** Offset to the store's clock, in which invalidation times are stamped (see `fencing.ts`). */
+  readonly clock: StoreClock;
 
   constructor(store: Store, options: CacheOptions = {}) {
     super();
@@ -129,6 +134,12 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     store.reportTo?.((err) => this.report(err));
     this.errorInterval = options.errorInterval ?? 10_000;
     this.events = options.events ?? this;
+    this.clock = new StoreClock(store.time ? () => this.guard.run('time', () => store.time!()) : undefined);
+  }
+
+  /** A version for a tag record that was missing (an upper bound of the store's time now, when known). */
+  private createdVersion(): string {
+    return createdVersion(this.clock.upperSync());
   }
 
   // ---------------------------------------------------------------- keys and tags
@@ -185,9 +196,10 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
+    if (missing.length) await this.clock.ready();
     await Promise.all(
       missing.map(async (k) => {
-        const v = newVersion();
+        const v = this.createdVersion();
         const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
         if (added) out.set(k, v);
         else {
@@ -211,7 +223,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const sync = this.store.sync!;
     const e = sync.get(tagKey);
     if (e) return e.body;
-    const v = newVersion();
+    const v = this.createdVersion();
     sync.set(tagKey, { body: v, created: Date.now(), expires: null }, null);
     return v;
   }
@@ -273,7 +285,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.total[what]++;
     if (!name) return;
     let c = this.counters.get(name);
-    if (!c) this.counters.set(name, (c = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 }));
+    if (!c) this.counters.set(name, (c = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 }));
     c[what]++;
   }
 
@@ -446,7 +458,14 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
   async bumpTags(tagIds: readonly string[]): Promise<void> {
-    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: null }, ttlMs: null }));
+    // Stamped with an upper bound of the store's time: renders whose data was loaded before it do not store.
+    let at: number;
+    try {
+      at = await this.clock.upperNow();
+    } catch (err) {
+      throw err instanceof FragcacheError ? err : new StoreError(String((err as Error)?.message ?? err), this.store.kind, 'time', { cause: err });
+    }
+    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: invalidationVersion(at), created: Date.now(), expires: null }, ttlMs: null }));
     // Never the same-tick path, even on a same-tick store: its writes report failures instead of throwing, and an
     // invalidation that did not happen must reject.
     await this.guard.run('setMany', () => this.store.setMany(writes));

@@ -16,6 +16,7 @@ import { FragmentCache } from './cache';
 import { parseTtl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { AsyncTemplateError, FragmentArgumentError, KeyError, describe } from './errors';
+import { fence } from './fencing';
 import { keyFromParts, namePart, userTag, variantTagFromParts, varyPart } from './keys';
 import type { StoreWrite } from './store';
 
@@ -208,11 +209,32 @@ export class RenderSession {
   private readonly staleFound = new Map<string, Entry>();
   /** XFetch β (0: off): how eagerly a hit close to expiry is refreshed early by one renderer. */
   private readonly beta: number;
+  /** Local epoch ms at which this render started. */
+  private readonly started = Date.now();
+  /** Local epoch ms before which the render's data was not loaded, when known (see `fencing.ts`). */
+  private readonly since: number | undefined;
+  /** Without `since`: how long output of a tag invalidated just before the render may live, ms. */
+  private readonly sinceWindow: number;
+
+  /** Internal switch for the specs that prove the fencing is what keeps old output out (never turn off in an app). */
+  static fencing = true;
 
   constructor(
     private readonly resolveCache: CacheResolver,
-    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number; earlyRefresh?: number } = {},
+    options: {
+      trace?: boolean;
+      annotate?: boolean;
+      waitMs?: number;
+      lockMs?: number;
+      lockWaitMs?: number;
+      earlyRefresh?: number;
+      since?: number;
+      unknownSinceWindow?: number;
+    } = {},
   ) {
+    // A `since` after the start says nothing more than the start does (and must not loosen the fence).
+    this.since = options.since === undefined ? undefined : Math.min(options.since, this.started);
+    this.sinceWindow = options.unknownSinceWindow ?? 1000;
     this.waitMs = options.waitMs ?? 5000;
     this.beta = options.earlyRefresh ?? 0;
     this.lockMs = options.lockMs ?? 5000;
@@ -497,8 +519,22 @@ export class RenderSession {
   private write(spec: Spec, entry: Entry): void {
     if (this.writtenKeys.has(spec.key)) return;
     this.writtenKeys.add(spec.key);
-    const ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
+    let ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
     const cache = spec.cache;
+    if (RenderSession.fencing) {
+      // Checked only when writing: a hit costs nothing. The output is shown either way.
+      const f = fence(entry.tags, this.since, this.started, cache.clock, this.sinceWindow);
+      const left = f.store && f.expiresBy !== undefined ? f.expiresBy - entry.created : Infinity;
+      if (!f.store || left < 1) {
+        this.fenced(spec);
+        return;
+      }
+      if (left !== Infinity && (ttlMs === null || left < ttlMs)) {
+        ttlMs = Math.ceil(left);
+        entry.expires = entry.created + ttlMs;
+        entry.staleUntil = undefined; // an old copy must not outlive the cap either
+      }
+    }
     if (cache.store.sync) {
       cache.store.sync.set(spec.key, entry, ttlMs);
       this.syncWritten.set(spec.key, cache);
@@ -509,6 +545,14 @@ export class RenderSession {
       list.push({ key: spec.key, entry, ttlMs });
     }
     this.releaseClaim(spec.key, { entry });
+  }
+
+  /** Output whose data predates an invalidation of one of its tags: not stored, not handed to waiters. */
+  private fenced(spec: Spec): void {
+    const { cache, block } = spec;
+    cache.count(block.name, 'fenced');
+    if (cache.events.listenerCount('fenced')) cache.events.emit('fenced', { name: block.name, key: spec.key });
+    this.releaseClaim(spec.key, {});
   }
 
   /** Counts a write that happened, and tells `store` listeners. */
@@ -550,7 +594,8 @@ export class RenderSession {
     const keys = specs.map((s) => s.key);
     const readAt = performance.now(); // monotonic: compared with when other renders released their claims
     // Round trip 1: the entries and the tag versions we already know we need.
-    const found = await cache.readMany([...keys, ...ownTags]);
+    // (The offset to the store's clock is measured once, with the first batch, and refreshed now and then.)
+    const [found] = await Promise.all([cache.readMany([...keys, ...ownTags]), cache.clock.ready()]);
     const missingTags: string[] = [];
     ownTags.forEach((k, i) => {
       const e = found[keys.length + i];
@@ -665,8 +710,9 @@ export class RenderSession {
   /**
    * Cross-process single-flight on a shared store: `lock` (SET NX PX on Redis) per missed key. The winner
    * renders and stores; a loser serves the stale copy when it has one, else polls the store until the
-   * winner's entry appears, for at most `lockWaitMs`, then renders the fragment itself. A store failure
-   * means no lock: the fragment renders (correct output beats saving work).
+   * winner's entry appears (reading the versions of the tags on it it lacks) or the winner's lock is gone
+   * without one (then it renders the fragment at once), for at most `lockWaitMs`, then renders the fragment
+   * itself. A store failure means no lock: the fragment renders (correct output beats saving work).
    */
   private async lockMisses(specs: Spec[]): Promise<void> {
     const tokens = await Promise.all(
@@ -689,31 +735,42 @@ export class RenderSession {
       else waiting.push(spec);
     });
     // Double-check after winning: the previous owner may have stored it and let go since this render read.
-    if (won.length) {
-      const got = await won[0].cache.readMany(won.map((s) => s.key));
-      won.forEach((spec, i) => {
+    for (const [cache, list] of RenderSession.byCache(won)) {
+      const got = await cache.readMany(list.map((s) => s.key));
+      await this.learnVersions(cache, got);
+      list.forEach((spec, i) => {
         const e = got[i];
         // (An early-refresh candidate reads its own old copy again: that one does not count.)
-        if (spec.cache === won[0].cache && e && e.created !== this.staleFound.get(spec.key)?.created && this.valid(e, spec.cache)) {
+        if (e && e.created !== this.staleFound.get(spec.key)?.created && this.valid(e, cache)) {
           this.record(spec, { kind: 'hit', entry: e });
           this.release(spec.key, e);
         } else this.record(spec, { kind: 'miss', store: true });
       });
     }
+    // Wait for the owner: poll its lock and the entry, with a short backoff (the owner's render is usually a few
+    // ms). The lock is read before the entry, in one pipeline: a lock found gone means any entry is already written.
     const deadline = Date.now() + this.lockWaitMs;
-    const every = Math.min(50, Math.max(10, this.lockWaitMs / 100));
+    let delay = 1;
     while (waiting.length && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, every));
-      const byCache = new Map<FragmentCache, Spec[]>();
-      for (const s of waiting) byCache.set(s.cache, [...(byCache.get(s.cache) ?? []), s]);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 1.5, 20, Math.max(1, this.lockWaitMs / 100));
       const still: Spec[] = [];
-      for (const [cache, list] of byCache) {
-        const got = await cache.readMany(list.map((s) => s.key));
+      for (const [cache, list] of RenderSession.byCache(waiting)) {
+        const store = cache.store;
+        const held = store.locked
+          ? cache.guard.run('locked', () => store.locked!(list.map((s) => RenderSession.lockKey(s.key)))).catch((err) => (cache.report(err), undefined))
+          : Promise.resolve(undefined);
+        const [locked, got] = await Promise.all([held, cache.readMany(list.map((s) => s.key))]);
+        // The owner's entry may carry tags of fragments nested in it, which this render has not read yet.
+        await this.learnVersions(cache, got);
         list.forEach((spec, i) => {
           const e = got[i];
           if (e && this.valid(e, cache)) {
             this.record(spec, { kind: 'hit', entry: e });
             this.release(spec.key, e);
+          } else if (locked && !locked[i]) {
+            // Released without a usable entry (failed, not stored, or invalidated meanwhile): render it now.
+            this.record(spec, { kind: 'miss', store: true });
           } else still.push(spec);
         });
       }
@@ -721,6 +778,29 @@ export class RenderSession {
     }
     // The winner did not deliver in time (slow or crashed): render it here.
     for (const spec of waiting) this.record(spec, { kind: 'miss', store: true });
+  }
+
+  private static byCache(specs: readonly Spec[]): Map<FragmentCache, Spec[]> {
+    const out = new Map<FragmentCache, Spec[]>();
+    for (const s of specs) {
+      const list = out.get(s.cache);
+      if (list) list.push(s);
+      else out.set(s.cache, [s]);
+    }
+    return out;
+  }
+
+  /** Reads the versions of tags carried by these entries that this render does not know yet (one round trip). */
+  private async learnVersions(cache: FragmentCache, entries: readonly (Entry | undefined)[]): Promise<void> {
+    const unknown = new Set<string>();
+    for (const e of entries) {
+      const tags = e?.tags;
+      if (tags) for (let j = 0; j < tags.length; j += 2) if (!this.versions.has(tags[j])) unknown.add(tags[j]);
+    }
+    if (!unknown.size || cache.store.sync) return; // (a same-tick store is read during validation)
+    const keys = [...unknown];
+    const got = await cache.readMany(keys);
+    keys.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
   }
 
   /** Serves an expired entry within its stale= window (another process is refreshing it). */

@@ -53,6 +53,8 @@ interface RedisLike {
   unlink(keys: string | string[]): Promise<number>;
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
   publish(channel: string, message: string): Promise<number>;
+  time?(): Promise<[string, string] | string[]>;
+  exists(keys: string | string[]): Promise<number>;
   scanIterator?(options: { MATCH: string; COUNT: number }): AsyncIterable<string[] | string>;
   masters?: unknown[];
   destroy?(): void;
@@ -302,6 +304,19 @@ export class RedisStore implements Store {
     const token = randomBytes(12).toString('base64url');
     const r = await this.client.set(key, token, { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) });
     return r === 'OK' ? token : undefined;
+  }
+
+  /** Redis `TIME` (seconds and microseconds), as epoch ms. */
+  async time(): Promise<number> {
+    await this.connected();
+    const [sec, usec] = await this.client.time!();
+    return Number(sec) * 1000 + Number(usec) / 1000;
+  }
+
+  /** One `EXISTS` per key, sent in one tick (one pipeline). */
+  async locked(keys: readonly string[]): Promise<boolean[]> {
+    await this.connected();
+    return (await Promise.all(keys.map((k) => this.client.exists(k)))).map((n) => n > 0);
   }
 
   /** Deletes the lock only if `token` still owns it (compare-and-delete in one Lua script). */
