@@ -137,9 +137,20 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.clock = new StoreClock(store.time ? () => this.guard.run('time', () => store.time!()) : undefined);
   }
 
-  /** A version for a tag record that was missing (an upper bound of the store's time now, when known). */
-  private createdVersion(): string {
-    return createdVersion(this.clock.upperSync());
+  /**
+   * Store key of the time of the latest invalidation of this prefix (any tag). A tag record found missing may
+   * have been evicted after an invalidation: the version that replaces it carries this time, which is not
+   * earlier than any invalidation it may hide (see `fencing.ts`). Missing itself: no invalidation known (the
+   * record is the most used of all, read with every new tag and written with every invalidation, so an LRU
+   * store evicts it last).
+   */
+  get lastInvalidationKey(): string {
+    return `${this.prefix}:tag:last`;
+  }
+
+  private static lastTime(e: Entry | undefined): number {
+    const n = e ? Number(e.body) : 0;
+    return Number.isFinite(n) ? n : 0;
   }
 
   // ---------------------------------------------------------------- keys and tags
@@ -193,13 +204,13 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       for (const k of tagKeys) out.set(k, this.tagVersionSync(k));
       return out;
     }
-    const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
+    const found = await this.guard.run('getMany', () => this.store.getMany([...tagKeys, this.lastInvalidationKey]));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
-    if (missing.length) await this.clock.ready();
+    const last = FragmentCache.lastTime(found[tagKeys.length]);
     await Promise.all(
       missing.map(async (k) => {
-        const v = this.createdVersion();
+        const v = createdVersion(last);
         const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
         if (added) out.set(k, v);
         else {
@@ -223,7 +234,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const sync = this.store.sync!;
     const e = sync.get(tagKey);
     if (e) return e.body;
-    const v = this.createdVersion();
+    const v = createdVersion(FragmentCache.lastTime(sync.get(this.lastInvalidationKey)));
     sync.set(tagKey, { body: v, created: Date.now(), expires: null }, null);
     return v;
   }
@@ -466,6 +477,8 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       throw err instanceof FragcacheError ? err : new StoreError(String((err as Error)?.message ?? err), this.store.kind, 'time', { cause: err });
     }
     const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: invalidationVersion(at), created: Date.now(), expires: null }, ttlMs: null }));
+    // (Not a compare-and-set: two invalidators racing may leave the earlier time; see lastInvalidationKey.)
+    writes.push({ key: this.lastInvalidationKey, entry: { body: String(Math.ceil(at)), created: Date.now(), expires: null }, ttlMs: null });
     // Never the same-tick path, even on a same-tick store: its writes report failures instead of throwing, and an
     // invalidation that did not happen must reject.
     await this.guard.run('setMany', () => this.store.setMany(writes));

@@ -167,6 +167,8 @@ export class Engine extends EventEmitter<CacheEvents> {
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
   private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number; unknownSinceWindow: number };
+  /** @internal Only for the specs that show what fencing prevents: renders store whatever they produce. */
+  unfenced = false;
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
 
@@ -273,7 +275,7 @@ export class Engine extends EventEmitter<CacheEvents> {
 
   private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false, since?: number): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, ...this.lock, since });
+    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, ...this.lock, since, fencing: !this.unfenced });
     try {
       for (let passes = 1; ; passes++) {
         const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);

@@ -21,8 +21,9 @@ export function invalidationVersion(at: number): string {
 }
 
 /**
- * Version created because a tag's record was missing at store time `at`. A missing record may be one that was
- * evicted after an invalidation, so its creation counts as an invalidation that may have happened (see {@link fence}).
+ * Version created because a tag's record was missing, `at` being the time of the latest invalidation of any tag
+ * (0: none known). A missing record may be one evicted after an invalidation, which cannot be later than that:
+ * the creation counts as an invalidation that may have happened then (see {@link fence}).
  */
 export function createdVersion(at: number): string {
   return `${randomBytes(9).toString('base64url')}~${Math.ceil(at).toString(36)}`;

@@ -216,8 +216,8 @@ export class RenderSession {
   /** Without `since`: how long output of a tag invalidated just before the render may live, ms. */
   private readonly sinceWindow: number;
 
-  /** Internal switch for the specs that prove the fencing is what keeps old output out (never turn off in an app). */
-  static fencing = true;
+  /** False only in the specs that prove the fencing is what keeps old output out. */
+  private readonly fencing: boolean;
 
   constructor(
     private readonly resolveCache: CacheResolver,
@@ -230,11 +230,13 @@ export class RenderSession {
       earlyRefresh?: number;
       since?: number;
       unknownSinceWindow?: number;
+      fencing?: boolean;
     } = {},
   ) {
     // A `since` after the start says nothing more than the start does (and must not loosen the fence).
     this.since = options.since === undefined ? undefined : Math.min(options.since, this.started);
     this.sinceWindow = options.unknownSinceWindow ?? 1000;
+    this.fencing = options.fencing ?? true;
     this.waitMs = options.waitMs ?? 5000;
     this.beta = options.earlyRefresh ?? 0;
     this.lockMs = options.lockMs ?? 5000;
@@ -521,7 +523,7 @@ export class RenderSession {
     this.writtenKeys.add(spec.key);
     let ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
     const cache = spec.cache;
-    if (RenderSession.fencing) {
+    if (this.fencing) {
       // Checked only when writing: a hit costs nothing. The output is shown either way.
       const f = fence(entry.tags, this.since, this.started, cache.clock, this.sinceWindow);
       const left = f.store && f.expiresBy !== undefined ? f.expiresBy - entry.created : Infinity;
