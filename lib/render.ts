@@ -233,8 +233,7 @@ export class RenderSession {
       fencing?: boolean;
     } = {},
   ) {
-    // A `since` after the start says nothing more than the start does (and must not loosen the fence).
-    this.since = options.since === undefined ? undefined : Math.min(options.since, this.started);
+    this.since = options.since;
     this.sinceWindow = options.unknownSinceWindow ?? 1000;
     this.fencing = options.fencing ?? true;
     this.waitMs = options.waitMs ?? 5000;
