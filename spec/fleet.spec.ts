@@ -76,9 +76,10 @@ describeWith(need(redis), 'Fleet: separate processes on one Redis', () => {
     expect(results.flatMap((r) => r.html)).toEqual(Array(5).fill('<main>…</main>'));
     const winner = results.find((r) => r.bodies.box)!;
     const waiters = results.filter((r) => r !== winner).map((r) => r.ms[0]);
-    // Before: 3 s each (the whole lockWait). Now: the winner's time plus a few polls and round trips.
+    // Before: 3 s each (the whole lockWait). Now: the winner's time plus a few polls and round trips (p50 14 ms
+    // in the soak); the bound leaves room for a loaded machine and still fails the old code.
     const run = { winner: winner.ms[0], waiters };
-    expect({ ok: Math.max(...waiters) < winner.ms[0] + 400, run }).toEqual({ ok: true, run });
+    expect({ ok: Math.max(...waiters) < winner.ms[0] + 1000, run }).toEqual({ ok: true, run });
   }, 60_000);
 });
 
@@ -113,6 +114,6 @@ describeWith(need(redis), 'Lock waits in one engine on Redis', () => {
     );
     const first = Math.min(...times);
     // Before: 8 ms, 3,017 ms, 3,017 ms (the others waited out the whole lockWait).
-    expect({ ok: Math.max(...times) < first + 300, times, bodies }).toEqual({ ok: true, times, bodies });
+    expect({ ok: Math.max(...times) < first + 1000, times, bodies }).toEqual({ ok: true, times, bodies });
   });
 });
