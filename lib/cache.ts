@@ -134,7 +134,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     store.reportTo?.((err) => this.report(err));
     this.errorInterval = options.errorInterval ?? 10_000;
     this.events = options.events ?? this;
-    this.clock = new StoreClock(store.time ? () => this.guard.run('time', () => store.time!()) : undefined);
+    this.clock = new StoreClock(store.time ? () => store.time!() : undefined);
   }
 
   /**
@@ -469,13 +469,10 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
   async bumpTags(tagIds: readonly string[]): Promise<void> {
-    // Stamped with an upper bound of the store's time: renders whose data was loaded before it do not store.
-    let at: number;
-    try {
-      at = await this.clock.upperNow();
-    } catch (err) {
-      throw err instanceof FragcacheError ? err : new StoreError(String((err as Error)?.message ?? err), this.store.kind, 'time', { cause: err });
-    }
+    // Stamped with an upper bound of the store's time: renders whose data was loaded before it do not store. If
+    // the store cannot tell its time within the budget, this host's clock stands in (the invalidation matters more).
+    await this.clock.ready(this.guard.timeout);
+    const at = this.clock.upperSync();
     const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: invalidationVersion(at), created: Date.now(), expires: null }, ttlMs: null }));
     // (Not a compare-and-set: two invalidators racing may leave the earlier time; see lastInvalidationKey.)
     writes.push({ key: this.lastInvalidationKey, entry: { body: String(Math.ceil(at)), created: Date.now(), expires: null }, ttlMs: null });

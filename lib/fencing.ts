@@ -61,22 +61,22 @@ export class StoreClock {
   private measuredAt = -Infinity;
   private failedAt = -Infinity;
   private measuring: Promise<void> | undefined;
-  /** Why the last measurement failed. */
-  private lastError: unknown;
   /** True once an offset is known (at once for a store without `time()`). */
   known: boolean;
 
-  constructor(private readonly time: (() => Promise<number>) | undefined) {
+  constructor(
+    private readonly time: (() => Promise<number>) | undefined,
+    /** Longest a sample may take (outside the store guard: a slow first `TIME` must not open the circuit). */
+    private readonly timeoutMs = 1000,
+  ) {
     this.known = !time;
   }
 
-  /** True when the store reports its own time (so the offset is measured, not assumed). */
-  get measured(): boolean {
-    return this.time !== undefined;
-  }
-
-  /** Measures the offset when it is unknown or old; resolves once it is known or the measurement failed. Never rejects. */
-  async ready(): Promise<void> {
+  /**
+   * Measures the offset when it is unknown or old. Resolves once it is known, the measurement failed, or `waitMs`
+   * passed (the measurement then goes on); never rejects.
+   */
+  async ready(waitMs = Infinity): Promise<void> {
     if (!this.time) return;
     const now = Date.now();
     if (this.known && now - this.measuredAt < REFRESH_MS) return;
@@ -85,7 +85,22 @@ export class StoreClock {
       return;
     }
     if (now - this.failedAt < RETRY_MS && !this.measuring) return;
-    await this.measure();
+    const m = this.measure();
+    if (waitMs === Infinity) return m;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([m, new Promise<void>((r) => (timer = setTimeout(r, waitMs)))]);
+    clearTimeout(timer);
+  }
+
+  private sample(): Promise<number> {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      this.time!(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`the store took more than ${this.timeoutMs} ms to tell its time`)), this.timeoutMs);
+        timer.unref?.();
+      }),
+    ]).finally(() => clearTimeout(timer));
   }
 
   private measure(): Promise<void> {
@@ -94,7 +109,7 @@ export class StoreClock {
         let best: { offset: number; rtt: number } | undefined;
         for (let i = 0; i < 3; i++) {
           const t0 = Date.now();
-          const s = await this.time!();
+          const s = await this.sample();
           const t1 = Date.now();
           if (!best || t1 - t0 < best.rtt) best = { offset: s - (t0 + t1) / 2, rtt: t1 - t0 };
         }
@@ -102,21 +117,13 @@ export class StoreClock {
         this.error = best!.rtt / 2 + 1;
         this.measuredAt = Date.now();
         this.known = true;
-      } catch (err) {
-        this.lastError = err;
-        this.failedAt = Date.now();
+      } catch {
+        this.failedAt = Date.now(); // tried again on use, at most once a second
       } finally {
         this.measuring = undefined;
       }
     })();
     return this.measuring;
-  }
-
-  /** An upper bound of the store's time now (for stamping an invalidation). Rejects when the offset cannot be measured. */
-  async upperNow(): Promise<number> {
-    await this.ready();
-    if (!this.known) throw this.lastError ?? new Error('the store clock is not known yet');
-    return this.upperSync();
   }
 
   /** An upper bound of the store's time now, when the offset is known; else this host's time. */
@@ -144,19 +151,22 @@ export type Fence = { store: false } | { store: true; expiresBy?: number };
  *   capped at creation + `window` when a tag record was created after it (it may hide an evicted invalidation).
  * - `since` unknown: `start` (the render's start) stands in; output of a tag invalidated or created less than
  *   `window` ms before it is stored with its expiry capped at that time + `window` (local epoch ms).
- * - Offset to the store's clock not known yet: everything is capped at now + `window`.
+ * - Offset to the store's clock not known yet: as if `since` were unknown, judged by this host's clock.
  */
 export function fence(tags: readonly string[] | undefined, since: number | undefined, start: number, clock: StoreClock, window: number): Fence {
   if (!tags || !tags.length) return { store: true };
-  if (!clock.known) return { store: true, expiresBy: Date.now() + window };
+  // Offset not measured yet (the first moments of a process; a store slow to tell its time): judged as if `since`
+  // were unknown, by this host's clock (offset 0 until measured).
+  if (!clock.known) since = undefined;
   const from = clock.lower(since ?? start);
   let cap: number | undefined;
   for (let i = 1; i < tags.length; i += 2) {
     const { at, created } = versionTime(tags[i]);
     if (at === 0) continue;
+    // Times are whole ms: an invalidation in the same ms as `since` may have come after the data was loaded.
     if (since !== undefined && !created) {
-      if (from < at) return { store: false };
-    } else if (since !== undefined ? from < at : from - window < at) {
+      if (from <= at) return { store: false };
+    } else if (since !== undefined ? from <= at : from - window <= at) {
       const by = clock.localUpper(at) + window;
       if (cap === undefined || by < cap) cap = by;
     }

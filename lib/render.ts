@@ -595,8 +595,9 @@ export class RenderSession {
     const keys = specs.map((s) => s.key);
     const readAt = performance.now(); // monotonic: compared with when other renders released their claims
     // Round trip 1: the entries and the tag versions we already know we need.
-    // (The offset to the store's clock is measured once, with the first batch, and refreshed now and then.)
-    const [found] = await Promise.all([cache.readMany([...keys, ...ownTags]), cache.clock.ready()]);
+    // (The offset to the store's clock is measured with the first batch, waited for no longer than a store call
+    // may take, and refreshed now and then. Until it is known, what this render stores lives at most the window.)
+    const [found] = await Promise.all([cache.readMany([...keys, ...ownTags]), cache.clock.ready(cache.guard.timeout)]);
     const missingTags: string[] = [];
     ownTags.forEach((k, i) => {
       const e = found[keys.length + i];

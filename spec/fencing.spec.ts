@@ -9,7 +9,9 @@ import express from 'express';
 import request from 'supertest';
 import { createEngine, MemoryStore, OptionError, type Entry, type Store, type StoreWrite } from '../lib';
 import { createdVersion, fence, invalidationVersion, StoreClock, versionTime } from '../lib/fencing';
+import { describeWith, need, privateRedis, redis, type TestServer } from './support/servers';
 import { views } from './support/views';
+import { createClient } from '@redis/client';
 
 const BOX = '<% cache 300, "box", tags=["d"] %>{{ v }}<% endcache %>';
 const PAGE = '<% cache 300, "page" %>[' + BOX + ']<% endcache %>';
@@ -57,10 +59,12 @@ describe('fencing: tag versions carry their invalidation time', () => {
     const t = 1_000_000;
     const inv = ['k', invalidationVersion(t)];
     expect(fence(inv, t - 1, t + 5, clock, 1000)).toEqual({ store: false });
-    expect(fence(inv, t, t + 5, clock, 1000)).toEqual({ store: true });
+    expect(fence(inv, t, t + 5, clock, 1000)).toEqual({ store: false }); // same ms: may have come after the load
+    expect(fence(inv, t + 1, t + 5, clock, 1000)).toEqual({ store: true });
     // Unknown since: the render's start stands in, and a recent invalidation caps the expiry.
     expect(fence(inv, undefined, t + 5, clock, 1000)).toEqual({ store: true, expiresBy: t + 1000 });
     expect(fence(inv, undefined, t + 1001, clock, 1000)).toEqual({ store: true });
+    expect(fence(inv, undefined, t + 1000, clock, 1000)).toEqual({ store: true, expiresBy: t + 1000 });
     // A record recreated after an invalidation it may hide: capped, not refused.
     expect(fence(['k', createdVersion(t)], t - 1, t + 5, clock, 1000)).toEqual({ store: true, expiresBy: t + 1000 });
     expect(fence(['k', createdVersion(0)], undefined, t, clock, 1000)).toEqual({ store: true });
@@ -78,9 +82,11 @@ describe('fencing on the memory store', () => {
     expect(await engine.renderString(BOX, { v: 1 }, { since: loaded })).toBe('1'); // …A renders what it loaded
     expect(fenced).toEqual(['box']);
     expect(engine.stats().fenced).toBe(1);
-    // Every later render sees the new data, not A's output.
-    expect(await engine.renderString(BOX, { v: 2 }, { since: Date.now() })).toBe('2');
-    expect(await engine.renderString(BOX, { v: 3 }, { since: Date.now() })).toBe('2');
+    // Every later request (in a later ms: times are whole ms, and the same ms is taken as "maybe before") sees the
+    // new data, not A's output.
+    const later = Date.now() + 1;
+    expect(await engine.renderString(BOX, { v: 2 }, { since: later })).toBe('2');
+    expect(await engine.renderString(BOX, { v: 3 }, { since: later + 1 })).toBe('2');
   });
 
   it('the same with the fencing off stores the old output: what the check prevents', async () => {
@@ -90,7 +96,7 @@ describe('fencing on the memory store', () => {
     const loaded = Date.now() - 5;
     await engine.invalidateTag('d');
     await engine.renderString(BOX, { v: 1 }, { since: new Date(loaded) });
-    expect(await engine.renderString(BOX, { v: 2 }, { since: Date.now() })).toBe('1');
+    expect(await engine.renderString(BOX, { v: 2 }, { since: Date.now() + 1 })).toBe('1');
   });
 
   it('a fragment around a fenced one is not stored either (it inherits the tag)', async () => {
@@ -100,7 +106,8 @@ describe('fencing on the memory store', () => {
     await engine.invalidate('box');
     expect(await engine.renderString(PAGE, { v: 1 }, { since: loaded })).toBe('[1]');
     expect(engine.stats().fragments.page.fenced).toBe(1);
-    expect(await engine.renderString(PAGE, { v: 2 }, { since: Date.now() })).toBe('[2]');
+    expect(await engine.renderString(PAGE, { v: 2 }, { since: Date.now() + 1 })).toBe('[2]');
+    expect(await engine.renderString(PAGE, { v: 3 }, { since: Date.now() + 2 })).toBe('[2]');
   });
 
   it('without since, output of a tag invalidated just before the render lives at most the window', async () => {
@@ -150,7 +157,7 @@ describe('fencing judged by the store clock', () => {
     expect(renderer.stats().fenced).toBe(1); // compared on each host's own clock, +5000 would have stored it
     expect(await renderer.renderString(BOX, { v: 2 }, { since: after + 5 })).toBe('2');
     expect(renderer.stats().fenced).toBe(1); // compared on each host's own clock, -5000 would have refused it
-    expect(await renderer.renderString(BOX, { v: 3 }, { since: hostNow() })).toBe('2');
+    expect(await renderer.renderString(BOX, { v: 3 }, { since: after + 6 })).toBe('2');
   });
 });
 
@@ -208,6 +215,38 @@ describe('fencing through engine.express(app)', () => {
       expect(inside).toBe(seen);
     } finally {
       await new Promise((r) => server.close(r));
+      await engine.close();
+    }
+  });
+});
+
+describeWith(need(redis, true), 'fencing on a Redis that refuses TIME (a proxy, an ACL)', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await privateRedis();
+    const admin = createClient({ url: server.url });
+    await admin.connect();
+    await admin.sendCommand(['ACL', 'SETUSER', 'notime', 'on', '>pw', '~*', '&*', '+@all', '-time']);
+    await admin.quit();
+  });
+  afterAll(async () => {
+    await server.stop();
+  });
+
+  it('invalidations still work and fence, judged by the host clock', async () => {
+    const url = server.url.replace('redis://', 'redis://notime:pw@');
+    const engine = createEngine({ store: url, prefix: 'notime' });
+    try {
+      expect(await engine.renderString(BOX, { v: 1 })).toBe('1');
+      const loaded = Date.now() - 5;
+      await engine.invalidateTag('d');
+      expect(await engine.renderString(BOX, { v: 1 }, { since: loaded })).toBe('1');
+      expect(engine.stats()).toMatchObject({ fenced: 1, errors: 0 });
+      // A request a little later (beyond the clock's uncertainty: half a round trip + 1 ms each side).
+      const later = Date.now() + 10;
+      expect(await engine.renderString(BOX, { v: 2 }, { since: later })).toBe('2');
+      expect(await engine.renderString(BOX, { v: 3 }, { since: later + 1 })).toBe('2');
+    } finally {
       await engine.close();
     }
   });

@@ -306,11 +306,25 @@ export class RedisStore implements Store {
     return r === 'OK' ? token : undefined;
   }
 
-  /** Redis `TIME` (seconds and microseconds), as epoch ms. */
+  /** Set when the server refuses `TIME` (a proxy without it, an ACL): this host's clock stands in. */
+  private noTime = false;
+
+  /**
+   * Redis `TIME` (seconds and microseconds), as epoch ms. A server that refuses the command (some proxies
+   * lack it; an ACL may deny it) gets this host's clock instead, as Memcached does: invalidations keep working,
+   * judged by the hosts' clocks.
+   */
   async time(): Promise<number> {
+    if (this.noTime || typeof this.client.time !== 'function') return Date.now();
     await this.connected();
-    const [sec, usec] = await this.client.time!();
-    return Number(sec) * 1000 + Number(usec) / 1000;
+    try {
+      const [sec, usec] = await this.client.time!();
+      return Number(sec) * 1000 + Number(usec) / 1000;
+    } catch (err) {
+      if (!/^(ERR|NOPERM)\b/.test(String((err as Error)?.message))) throw err;
+      this.noTime = true;
+      return Date.now();
+    }
   }
 
   /** One `EXISTS` per key, sent in one tick (one pipeline). */
