@@ -26,7 +26,8 @@ export function invalidationVersion(at: number): string {
  * the creation counts as an invalidation that may have happened then (see {@link fence}).
  */
 export function createdVersion(at: number): string {
-  return `${randomBytes(9).toString('base64url')}~${Math.ceil(at).toString(36)}`;
+  const v = randomBytes(9).toString('base64url');
+  return at > 0 ? `${v}~${Math.ceil(at).toString(36)}` : v; // no invalidation known: nothing to carry
 }
 
 /**

@@ -50,6 +50,7 @@ describe('fencing: tag versions carry their invalidation time', () => {
   it('reads back the time and kind of a version, and 0 for versions of the old format', () => {
     expect(versionTime(invalidationVersion(1_700_000_000_123))).toEqual({ at: 1_700_000_000_123, created: false });
     expect(versionTime(createdVersion(42))).toEqual({ at: 42, created: true });
+    expect(createdVersion(0)).toMatch(/^[\w-]{12}$/); // no invalidation known: a plain version, as before
     expect(versionTime('abcDEF_-123456789012')).toEqual({ at: 0, created: false });
     expect(invalidationVersion(1)).not.toBe(invalidationVersion(1));
   });
