@@ -3,6 +3,7 @@
  * `bench/soak-fleet.ts`).
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Mode, Setup } from './fleet-worker';
 
@@ -28,6 +29,7 @@ function workerScript(): string {
     outfile: out,
     logLevel: 'error',
   });
+  process.once('exit', () => rmSync(out, { force: true }));
   return (bundled = out);
 }
 
