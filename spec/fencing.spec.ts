@@ -236,13 +236,16 @@ describeWith(need(redis, true), 'fencing on a Redis that refuses TIME (a proxy, 
 
   it('invalidations still work and fence, judged by the host clock', async () => {
     const url = server.url.replace('redis://', 'redis://notime:pw@');
-    const engine = createEngine({ store: url, prefix: 'notime' });
+    const engine = createEngine({ store: url, prefix: 'notime', timeout: 2000 }); // (a loaded machine: no budget misses)
+    const errors: Error[] = [];
+    engine.on('error', (e) => errors.push(e));
     try {
       expect(await engine.renderString(BOX, { v: 1 })).toBe('1');
       const loaded = Date.now() - 5;
       await engine.invalidateTag('d');
       expect(await engine.renderString(BOX, { v: 1 }, { since: loaded })).toBe('1');
-      expect(engine.stats()).toMatchObject({ fenced: 1, errors: 0 });
+      expect(engine.stats().fenced).toBe(1);
+      expect(errors.map(String)).toEqual([]);
       // A request a little later (beyond the clock's uncertainty: half a round trip + 1 ms each side).
       const later = Date.now() + 10;
       expect(await engine.renderString(BOX, { v: 2 }, { since: later })).toBe('2');
