@@ -12,10 +12,10 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
 import { parseTtl, type Ttl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { FragcacheError, OptionError, StoreError } from './errors';
+import { createdVersion, invalidationVersion, StoreClock } from './fencing';
 import { StoreGuard, type GuardOptions } from './guard';
 import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
 import type { Store, StoreWrite } from './store';
@@ -48,6 +48,11 @@ export interface Counters {
   stores: number;
   stale: number;
   errors: number;
+  /**
+   * Fragments rendered but not stored because their data was loaded before one of their tags was invalidated
+   * (the render's `since` is older than the invalidation): storing them would bring old content back.
+   */
+  fenced: number;
 }
 
 /** Options of the low-level `set`/`wrap`. */
@@ -75,6 +80,8 @@ export interface CacheEvents {
   miss: [FragmentEvent];
   stale: [FragmentEvent];
   store: [FragmentEvent];
+  /** A fragment was shown but not stored: its data was loaded before one of its tags was invalidated. */
+  fenced: [FragmentEvent];
   invalidate: [{ kind: 'name' | 'variant' | 'tag' | 'key' | 'clear'; target: string }];
   error: [FragcacheError];
   /** Something wrong with a template that does not fail renders: see {@link FragcacheWarning}. */
@@ -98,10 +105,6 @@ function deferred(): Deferred {
   return { promise, resolve, reject };
 }
 
-function newVersion(): string {
-  return randomBytes(9).toString('base64url');
-}
-
 /** The cache over one store. Created by `createEngine` (as `engine.cache`) or directly. */
 export class FragmentCache extends EventEmitter<CacheEvents> {
   readonly store: Store;
@@ -113,11 +116,13 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   /** Fragments and values being produced in this process right now (single-flight). */
   readonly inflight = new Map<string, Deferred>();
   private readonly counters = new Map<string, Counters>();
-  private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 };
+  private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 };
   private readonly errorInterval: number;
   private readonly lastReported = new Map<string, number>();
   /** The emitter events go to (this cache, or the engine that owns it). */
   readonly events: EventEmitter<CacheEvents>;
+  /** Offset to the store's clock, in which invalidation times are stamped (see `fencing.ts`). */
+  readonly clock: StoreClock;
 
   constructor(store: Store, options: CacheOptions = {}) {
     super();
@@ -135,6 +140,23 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     store.reportTo?.((err) => this.report(err));
     this.errorInterval = options.errorInterval ?? 10_000;
     this.events = options.events ?? this;
+    this.clock = new StoreClock(store.time ? () => store.time!() : undefined);
+  }
+
+  /**
+   * Store key of the time of the latest invalidation of this prefix (any tag). A tag record found missing may
+   * have been evicted after an invalidation: the version that replaces it carries this time, which is not
+   * earlier than any invalidation it may hide (see `fencing.ts`). Missing itself: no invalidation known (the
+   * record is the most used of all, read with every new tag and written with every invalidation, so an LRU
+   * store evicts it last).
+   */
+  get lastInvalidationKey(): string {
+    return `${this.prefix}:tag:last`;
+  }
+
+  private static lastTime(e: Entry | undefined): number {
+    const n = e ? Number(e.body) : 0;
+    return Number.isFinite(n) ? n : 0;
   }
 
   // ---------------------------------------------------------------- keys and tags
@@ -195,12 +217,13 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     }
     // The store's TTL bounds the record, not `expires`: writes of longer-lived entries extend it (writeMany).
     const record = (body: string): Entry => ({ body, created: Date.now(), expires: null });
-    const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
+    const found = await this.guard.run('getMany', () => this.store.getMany([...tagKeys, this.lastInvalidationKey]));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
+    const last = FragmentCache.lastTime(found[tagKeys.length]);
     await Promise.all(
       missing.map(async (k) => {
-        const v = newVersion();
+        const v = createdVersion(last);
         const added = await this.guard.run('add', () => this.store.add(k, record(v), ttlMs));
         if (added) out.set(k, v);
         else {
@@ -224,7 +247,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const sync = this.store.sync!;
     const e = sync.get(tagKey);
     if (e) return e.body;
-    const v = newVersion();
+    const v = createdVersion(FragmentCache.lastTime(sync.get(this.lastInvalidationKey)));
     sync.set(tagKey, { body: v, created: Date.now(), expires: null }, null);
     return v;
   }
@@ -305,7 +328,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.total[what]++;
     if (!name) return;
     let c = this.counters.get(name);
-    if (!c) this.counters.set(name, (c = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 }));
+    if (!c) this.counters.set(name, (c = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 }));
     c[what]++;
   }
 
@@ -478,9 +501,16 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
   async bumpTags(tagIds: readonly string[]): Promise<void> {
+    // Stamped with an upper bound of the store's time: renders whose data was loaded before it do not store. If
+    // the store cannot tell its time within the budget, this host's clock stands in (the invalidation matters more).
+    await this.clock.ready(this.guard.timeout);
+    const at = this.clock.upperSync();
     // A TTL, so that invalidating a name never stored leaves no permanent key. Safe whatever its length: once
     // the record is gone, every entry stamped with any version of the tag reads as invalid.
-    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: Date.now() + BUMP_TTL_MS }, ttlMs: BUMP_TTL_MS }));
+    const writes: StoreWrite[] = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: invalidationVersion(at), created: Date.now(), expires: Date.now() + BUMP_TTL_MS }, ttlMs: BUMP_TTL_MS }));
+    // No TTL: it must outlive every tag record (one key per prefix). Not a compare-and-set: two invalidators racing
+    // may leave the earlier time; see lastInvalidationKey.
+    writes.push({ key: this.lastInvalidationKey, entry: { body: String(Math.ceil(at)), created: Date.now(), expires: null }, ttlMs: null });
     // Never the same-tick path, even on a same-tick store: its writes report failures instead of throwing, and an
     // invalidation that did not happen must reject.
     await this.guard.run('setMany', () => this.store.setMany(writes));

@@ -67,6 +67,12 @@ export interface EngineOptions {
   earlyRefresh?: number;
   breaker?: Omit<GuardOptions, 'timeout'>;
   /**
+   * Renders whose data-load time is not known (no `since`): output of a tag invalidated less than this many ms
+   * before the render started is stored only until the invalidation time plus this (default 1000). The same
+   * bound as invalidating again after this delay, without a second write. See docs/reliability.md.
+   */
+  unknownSinceWindow?: number;
+  /**
    * Most passes one render may take (default 32); each level of nested fragments that misses on a remote store
    * costs one. The last pass renders fragments whose keys are still unknown without caching them.
    */
@@ -93,8 +99,21 @@ export interface EngineOptions {
   watch?: boolean;
 }
 
+/** Options of {@link Engine.render} and {@link Engine.renderString}. */
+export interface RenderOptions {
+  /**
+   * When the data in the context was loaded, or any time before (a `Date` or epoch ms): the start of the request
+   * is right. Output whose data was loaded before one of its tags was last invalidated is shown but not stored,
+   * so an invalidation that resolved is never undone by a request that loaded the old data just before it.
+   * Renders through `engine.express(app)` use the start of the request. Without it, see `unknownSinceWindow`.
+   */
+  since?: Date | number;
+  /** Name used in error messages (`renderString`; default `"(string)"`). */
+  name?: string;
+}
+
 /** Options of {@link Engine.explain}. */
-export interface ExplainOptions {
+export interface ExplainOptions extends Pick<RenderOptions, 'since'> {
   /**
    * Wrap each fragment's output in `<fragcache-fragment data-name data-status data-age>` (the CLI's
    * `?fragcache=debug` view). What is stored stays exactly what a normal render stores.
@@ -166,6 +185,16 @@ function lineColumn(text: string, offset: number): { line: number; column: numbe
   return { line: before.split('\n').length, column: offset - before.lastIndexOf('\n') };
 }
 
+/** Epoch ms of a `since` option; rejects what is not a time. */
+function sinceOf(since: Date | number | undefined): number | undefined {
+  if (since === undefined) return undefined;
+  const ms = since instanceof Date ? since.getTime() : since;
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) throw new OptionError('since', since, 'expected a Date or epoch milliseconds');
+  return ms;
+}
+
+const COUNTERS = ['hits', 'misses', 'stores', 'stale', 'errors', 'fenced'] as const;
+
 /** A pass whose callback had not come when it returned (see `Engine.settle`). */
 interface PendingPass {
   /** True while a late callback is still awaited. */
@@ -195,7 +224,9 @@ export class Engine extends EventEmitter<EngineEvents> {
   private readonly syntax: 'angle' | 'curly';
   private readonly verify: number;
   private readonly watcher: import('chokidar').FSWatcher | undefined;
-  private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
+  private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number; unknownSinceWindow: number };
+  /** @internal Only for the specs that show what fencing prevents: renders store whatever they produce. */
+  unfenced = false;
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
 
@@ -209,7 +240,13 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.syntax = options.syntax ?? 'angle';
     this.maxPasses = options.maxPasses ?? 32;
     if (!Number.isInteger(this.maxPasses) || this.maxPasses < 1) throw new OptionError('maxPasses', options.maxPasses, 'expected a whole number >= 1');
-    for (const [name, value] of [['timeout', options.timeout], ['waitTimeout', options.waitTimeout], ['lockTimeout', options.lockTimeout], ['lockWait', options.lockWait]] as const) {
+    for (const [name, value] of [
+      ['timeout', options.timeout],
+      ['waitTimeout', options.waitTimeout],
+      ['lockTimeout', options.lockTimeout],
+      ['lockWait', options.lockWait],
+      ['unknownSinceWindow', options.unknownSinceWindow],
+    ] as const) {
       if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)) {
         throw new OptionError(name, value, 'expected a number of milliseconds > 0');
       }
@@ -222,7 +259,12 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (options.earlyRefresh !== undefined && (typeof options.earlyRefresh !== 'number' || !Number.isFinite(options.earlyRefresh) || options.earlyRefresh < 0)) {
       throw new OptionError('earlyRefresh', options.earlyRefresh, 'expected a number >= 0 (XFetch beta)');
     }
-    this.lock = { lockMs: options.lockTimeout ?? 5000, lockWaitMs: options.lockWait ?? 3000, earlyRefresh: options.earlyRefresh ?? 0 };
+    this.lock = {
+      lockMs: options.lockTimeout ?? 5000,
+      lockWaitMs: options.lockWait ?? 3000,
+      earlyRefresh: options.earlyRefresh ?? 0,
+      unknownSinceWindow: options.unknownSinceWindow ?? 1000,
+    };
     const guard = { ...options.breaker, timeout: options.timeout };
     const caches = new Map<string, FragmentCache>();
     const byStore = new Map<unknown, FragmentCache>();
@@ -284,19 +326,23 @@ export class Engine extends EventEmitter<EngineEvents> {
     });
   }
 
-  /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
-  async render(name: string, context: object = {}): Promise<string> {
-    return (await this.run(() => this.template(name), context, false)).html;
+  /**
+   * Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. Give `since` (the
+   * start of the request) so that output of data loaded before an invalidation is never stored.
+   */
+  async render(name: string, context: object = {}, options: RenderOptions = {}): Promise<string> {
+    return (await this.run(() => this.template(name), context, false, false, sinceOf(options.since))).html;
   }
 
-  /** Renders template source. `name` is used in error messages. */
-  async renderString(source: string, context: object = {}, name = '(string)'): Promise<string> {
-    return (await this.run(() => this.compileString(source, name), context, false)).html;
+  /** Renders template source. The third argument is the name used in error messages, or {@link RenderOptions}. */
+  async renderString(source: string, context: object = {}, options: string | RenderOptions = {}): Promise<string> {
+    const o = typeof options === 'string' ? { name: options } : options;
+    return (await this.run(() => this.compileString(source, o.name ?? '(string)'), context, false, false, sinceOf(o.since))).html;
   }
 
   /** Renders a template and reports each fragment: name, vary, key, hit/miss, time, size, TTL left, tags. */
   async explain(name: string, context: object = {}, options: ExplainOptions = {}): Promise<Explained> {
-    return this.run(() => this.template(name), context, true, options.annotate);
+    return this.run(() => this.template(name), context, true, options.annotate, sinceOf(options.since));
   }
 
   /** Same as {@link explain} for template source. */
@@ -324,9 +370,9 @@ export class Engine extends EventEmitter<EngineEvents> {
     }
   }
 
-  private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false): Promise<Explained> {
+  private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false, since?: number): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock });
+    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock, since, fencing: !this.unfenced });
     try {
       for (let passes = 1; ; passes++) {
         const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);
@@ -573,13 +619,13 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** Hits, misses, stores and errors over all stores, overall and per fragment name. */
   stats(): Counters & { fragments: Record<string, Counters> } {
-    const sum = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fragments: {} as Record<string, Counters> };
+    const sum = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0, fragments: {} as Record<string, Counters> };
     for (const c of this.distinctCaches()) {
       const s = c.stats();
-      for (const k of ['hits', 'misses', 'stores', 'stale', 'errors'] as const) sum[k] += s[k];
+      for (const k of COUNTERS) sum[k] += s[k];
       for (const [name, f] of Object.entries(s.fragments)) {
-        const t = (sum.fragments[name] ??= { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 });
-        for (const k of ['hits', 'misses', 'stores', 'stale', 'errors'] as const) t[k] += f[k];
+        const t = (sum.fragments[name] ??= { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 });
+        for (const k of COUNTERS) t[k] += f[k];
       }
     }
     return sum;

@@ -16,6 +16,7 @@ import { FragmentCache } from './cache';
 import { parseTtl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { AsyncTemplateError, FragmentArgumentError, KeyError, describe } from './errors';
+import { fence } from './fencing';
 import { keyFromParts, namePart, userTag, variantTagFromParts, varyPart } from './keys';
 import type { StoreWrite } from './store';
 
@@ -231,11 +232,35 @@ export class RenderSession {
   sampled: Map<string, { cache: FragmentCache; entry: Entry; block: Block }> | undefined;
   /** For the `verify` re-render: the cache each fragment really uses instead of its own (a shadow). */
   private readonly redirect: ((cache: FragmentCache) => FragmentCache) | undefined;
+  /** Local epoch ms at which this render started. */
+  private readonly started = Date.now();
+  /** Local epoch ms before which the render's data was not loaded, when known (see `fencing.ts`). */
+  private readonly since: number | undefined;
+  /** Without `since`: how long output of a tag invalidated just before the render may live, ms. */
+  private readonly sinceWindow: number;
+
+  /** False only in the specs that prove the fencing is what keeps old output out. */
+  private readonly fencing: boolean;
 
   constructor(
     private readonly resolveCache: CacheResolver,
-    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number; earlyRefresh?: number; verify?: number; redirect?: (cache: FragmentCache) => FragmentCache } = {},
+    options: {
+      trace?: boolean;
+      annotate?: boolean;
+      waitMs?: number;
+      lockMs?: number;
+      lockWaitMs?: number;
+      earlyRefresh?: number;
+      since?: number;
+      unknownSinceWindow?: number;
+      fencing?: boolean;
+      verify?: number;
+      redirect?: (cache: FragmentCache) => FragmentCache;
+    } = {},
   ) {
+    this.since = options.since;
+    this.sinceWindow = options.unknownSinceWindow ?? 1000;
+    this.fencing = options.fencing ?? true;
     this.waitMs = options.waitMs ?? 5000;
     this.beta = options.earlyRefresh ?? 0;
     this.lockMs = options.lockMs ?? 5000;
@@ -525,8 +550,22 @@ export class RenderSession {
   private write(spec: Spec, entry: Entry): void {
     if (this.writtenKeys.has(spec.key)) return;
     this.writtenKeys.add(spec.key);
-    const ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
+    let ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
     const cache = spec.cache;
+    if (this.fencing) {
+      // Checked only when writing: a hit costs nothing. The output is shown either way.
+      const f = fence(entry.tags, this.since, this.started, cache.clock, this.sinceWindow);
+      const left = f.store && f.expiresBy !== undefined ? f.expiresBy - entry.created : Infinity;
+      if (!f.store || left < 1) {
+        this.fenced(spec);
+        return;
+      }
+      if (left !== Infinity && (ttlMs === null || left < ttlMs)) {
+        ttlMs = Math.ceil(left);
+        entry.expires = entry.created + ttlMs;
+        entry.staleUntil = undefined; // an old copy must not outlive the cap either
+      }
+    }
     if (cache.store.sync) {
       cache.store.sync.set(spec.key, entry, ttlMs);
       this.syncWritten.set(spec.key, cache);
@@ -537,6 +576,14 @@ export class RenderSession {
       list.push({ key: spec.key, entry, ttlMs });
     }
     this.releaseClaim(spec.key, { entry });
+  }
+
+  /** Output whose data predates an invalidation of one of its tags: not stored, not handed to waiters. */
+  private fenced(spec: Spec): void {
+    const { cache, block } = spec;
+    cache.count(block.name, 'fenced');
+    if (cache.events.listenerCount('fenced')) cache.events.emit('fenced', { name: block.name, key: spec.key });
+    this.releaseClaim(spec.key, {});
   }
 
   /** Counts a write that happened, and tells `store` listeners. */
@@ -578,7 +625,9 @@ export class RenderSession {
     const keys = specs.map((s) => s.key);
     const readAt = performance.now(); // monotonic: compared with when other renders released their claims
     // Round trip 1: the entries and the tag versions we already know we need.
-    const found = await cache.readMany([...keys, ...ownTags]);
+    // (The offset to the store's clock is measured with the first batch, waited for no longer than a store call
+    // may take, and refreshed now and then. Until it is known, what this render stores lives at most the window.)
+    const [found] = await Promise.all([cache.readMany([...keys, ...ownTags]), cache.clock.ready(cache.guard.timeout)]);
     const missingTags: string[] = [];
     ownTags.forEach((k, i) => {
       const e = found[keys.length + i];
@@ -697,8 +746,9 @@ export class RenderSession {
   /**
    * Cross-process single-flight on a shared store: `lock` (SET NX PX on Redis) per missed key. The winner
    * renders and stores; a loser serves the stale copy when it has one, else polls the store until the
-   * winner's entry appears, for at most `lockWaitMs`, then renders the fragment itself. A store failure
-   * means no lock: the fragment renders (correct output beats saving work).
+   * winner's entry appears (reading the versions of the tags on it it lacks) or the winner's lock is gone
+   * without one (then it renders the fragment at once), for at most `lockWaitMs`, then renders the fragment
+   * itself. A store failure means no lock: the fragment renders (correct output beats saving work).
    */
   private async lockMisses(specs: Spec[]): Promise<void> {
     const tokens = await Promise.all(
@@ -721,31 +771,42 @@ export class RenderSession {
       else waiting.push(spec);
     });
     // Double-check after winning: the previous owner may have stored it and let go since this render read.
-    if (won.length) {
-      const got = await won[0].cache.readMany(won.map((s) => s.key));
-      won.forEach((spec, i) => {
+    for (const [cache, list] of RenderSession.byCache(won)) {
+      const got = await cache.readMany(list.map((s) => s.key));
+      await this.learnVersions(cache, got);
+      list.forEach((spec, i) => {
         const e = got[i];
         // (An early-refresh candidate reads its own old copy again: that one does not count.)
-        if (spec.cache === won[0].cache && e && e.created !== this.staleFound.get(spec.key)?.created && this.valid(e, spec.cache)) {
+        if (e && e.created !== this.staleFound.get(spec.key)?.created && this.valid(e, cache)) {
           this.record(spec, { kind: 'hit', entry: e });
           this.release(spec.key, e);
         } else this.record(spec, { kind: 'miss', store: true });
       });
     }
+    // Wait for the owner: poll its lock and the entry, with a short backoff (the owner's render is usually a few
+    // ms). The lock is read before the entry, in one pipeline: a lock found gone means any entry is already written.
     const deadline = Date.now() + this.lockWaitMs;
-    const every = Math.min(50, Math.max(10, this.lockWaitMs / 100));
+    let delay = 1;
     while (waiting.length && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, every));
-      const byCache = new Map<FragmentCache, Spec[]>();
-      for (const s of waiting) byCache.set(s.cache, [...(byCache.get(s.cache) ?? []), s]);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 1.5, 20, Math.max(1, this.lockWaitMs / 100));
       const still: Spec[] = [];
-      for (const [cache, list] of byCache) {
-        const got = await cache.readMany(list.map((s) => s.key));
+      for (const [cache, list] of RenderSession.byCache(waiting)) {
+        const store = cache.store;
+        const held = store.locked
+          ? cache.guard.run('locked', () => store.locked!(list.map((s) => RenderSession.lockKey(s.key)))).catch((err) => (cache.report(err), undefined))
+          : Promise.resolve(undefined);
+        const [locked, got] = await Promise.all([held, cache.readMany(list.map((s) => s.key))]);
+        // The owner's entry may carry tags of fragments nested in it, which this render has not read yet.
+        await this.learnVersions(cache, got);
         list.forEach((spec, i) => {
           const e = got[i];
           if (e && this.valid(e, cache)) {
             this.record(spec, { kind: 'hit', entry: e });
             this.release(spec.key, e);
+          } else if (locked && !locked[i]) {
+            // Released without a usable entry (failed, not stored, or invalidated meanwhile): render it now.
+            this.record(spec, { kind: 'miss', store: true });
           } else still.push(spec);
         });
       }
@@ -753,6 +814,29 @@ export class RenderSession {
     }
     // The winner did not deliver in time (slow or crashed): render it here.
     for (const spec of waiting) this.record(spec, { kind: 'miss', store: true });
+  }
+
+  private static byCache(specs: readonly Spec[]): Map<FragmentCache, Spec[]> {
+    const out = new Map<FragmentCache, Spec[]>();
+    for (const s of specs) {
+      const list = out.get(s.cache);
+      if (list) list.push(s);
+      else out.set(s.cache, [s]);
+    }
+    return out;
+  }
+
+  /** Reads the versions of tags carried by these entries that this render does not know yet (one round trip). */
+  private async learnVersions(cache: FragmentCache, entries: readonly (Entry | undefined)[]): Promise<void> {
+    const unknown = new Set<string>();
+    for (const e of entries) {
+      const tags = e?.tags;
+      if (tags) for (let j = 0; j < tags.length; j += 2) if (!this.versions.has(tags[j])) unknown.add(tags[j]);
+    }
+    if (!unknown.size || cache.store.sync) return; // (a same-tick store is read during validation)
+    const keys = [...unknown];
+    const got = await cache.readMany(keys);
+    keys.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
   }
 
   /** Serves an expired entry within its stale= window (another process is refreshing it). */

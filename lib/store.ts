@@ -48,6 +48,14 @@ export interface Store {
   /** Releases a lock, only if `token` still owns it. */
   unlock?(key: string, token: string): Promise<void>;
   /**
+   * Optional: the store's own clock, epoch ms (Redis `TIME`). Invalidation times are stamped in it, through an
+   * offset each process measures, so that hosts whose clocks disagree still agree on which came first. A store
+   * without it is judged by this host's clock (right for the memory store and SQLite, which share the host).
+   */
+  time?(): Promise<number>;
+  /** Optional: which of these lock keys are held now (lets a waiter stop as soon as the owner let go). */
+  locked?(keys: readonly string[]): Promise<boolean[]>;
+  /**
    * Optional: the cache hands the store its error reporter here. A store whose same-tick calls must not throw
    * (they run inside a render) reports their failures through it, so they reach the `error` event.
    */

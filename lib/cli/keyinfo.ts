@@ -86,6 +86,7 @@ function pageUrl(rest: string): { url?: string; pagePrefix?: string; end?: numbe
 
 /** A tag id as people wrote it: `name:front-page`, `variant:sidebar(7)`, `tag:article:1`, `url:/articles?page=2` (the tag every page of a URL carries). */
 export function describeTag(id: string): string {
+  if (id === 'last') return 'time of the latest invalidation';
   if (id.startsWith('n/')) return `name:${id.slice(2)}`;
   if (id.startsWith('v/')) {
     const [, name, ...v] = id.split('/');

@@ -130,10 +130,11 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (!template) return send(404, errorPage('Not found', `no template for ${url.pathname} under ${config.views.join(', ')}`));
     const debug = url.searchParams.get('fragcache') === 'debug';
     const started = performance.now();
+    const since = Date.now(); // before the data file is read: what renders store is never older than an invalidation
     try {
       const dataFile = dataFileFor(dataDir, template);
       const data = dataFile ? loadData(dataFile) : {};
-      const rendering = engine.explain(template, data, { annotate: debug });
+      const rendering = engine.explain(template, data, { annotate: debug, since });
       inflight.add(rendering);
       const result = await rendering.finally(() => inflight.delete(rendering));
       let html = result.html;

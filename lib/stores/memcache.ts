@@ -172,6 +172,11 @@ export class MemcacheStore implements Store {
     return ok ? token : undefined;
   }
 
+  /** Which locks are held (one get each, in parallel). */
+  async locked(keys: readonly string[]): Promise<boolean[]> {
+    return Promise.all(keys.map(async (key) => (await this.client.get(`lock/${this.realKey(key, '')}`)).value != null));
+  }
+
   /** Deletes the lock if `token` still owns it (read then delete: memjs has no CAS delete; the window is one round trip). */
   async unlock(key: string, token: string): Promise<void> {
     const k = `lock/${this.realKey(key, '')}`;

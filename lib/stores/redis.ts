@@ -54,6 +54,8 @@ interface RedisLike {
   unlink(keys: string | string[]): Promise<number>;
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
   publish(channel: string, message: string): Promise<number>;
+  time?(): Promise<[string, string] | string[]>;
+  exists(keys: string | string[]): Promise<number>;
   scanIterator?(options: { MATCH: string; COUNT: number }): AsyncIterable<string[] | string>;
   masters?: unknown[];
   destroy?(): void;
@@ -319,6 +321,33 @@ export class RedisStore implements Store {
     const token = randomBytes(12).toString('base64url');
     const r = await this.client.set(key, token, { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) });
     return r === 'OK' ? token : undefined;
+  }
+
+  /** Set when the server refuses `TIME` (a proxy without it, an ACL): this host's clock stands in. */
+  private noTime = false;
+
+  /**
+   * Redis `TIME` (seconds and microseconds), as epoch ms. A server that refuses the command (some proxies
+   * lack it; an ACL may deny it) gets this host's clock instead, as Memcached does: invalidations keep working,
+   * judged by the hosts' clocks.
+   */
+  async time(): Promise<number> {
+    if (this.noTime || typeof this.client.time !== 'function') return Date.now();
+    await this.connected();
+    try {
+      const [sec, usec] = await this.client.time!();
+      return Number(sec) * 1000 + Number(usec) / 1000;
+    } catch (err) {
+      if (!/^(ERR|NOPERM)\b/.test(String((err as Error)?.message))) throw err;
+      this.noTime = true;
+      return Date.now();
+    }
+  }
+
+  /** One `EXISTS` per key, sent in one tick (one pipeline). */
+  async locked(keys: readonly string[]): Promise<boolean[]> {
+    await this.connected();
+    return (await Promise.all(keys.map((k) => this.client.exists(k)))).map((n) => n > 0);
   }
 
   /** Deletes the lock only if `token` still owns it (compare-and-delete in one Lua script). */
