@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { FragmentCache } from '../cache';
+import { fence } from '../fencing';
 import { tagKeysOf, tagPairs, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import { varyPart } from '../keys';
@@ -72,6 +73,9 @@ export function routePath(url: string): string {
   });
   return path.toLowerCase().replace(/\/+$/, '') || '/';
 }
+
+/** When the offset to the store's clock is not known yet: how long a page of a just-invalidated tag may live. */
+const UNKNOWN_SINCE_WINDOW_MS = 1000;
 
 /** How long an `invalidatePage` record lives: longer than any render that may have started before it. */
 export const INVALIDATION_TTL_MS = 24 * 60 * 60 * 1000;
@@ -230,8 +234,9 @@ export class PageCache {
    * the missing ones created, as for fragments (a fragment of the page may carry the same tag). Rejects when
    * the store fails.
    */
-  async startTags(url: string, tags: unknown, where: string, ttlMs: number | null = null): Promise<PageTags> {
-    const started = Date.now();
+  async startTags(url: string, tags: unknown, where: string, ttlMs: number | null = null, since?: number): Promise<PageTags> {
+    // The request's start when known (earlier middleware may have loaded data before this runs).
+    const started = since !== undefined && since <= Date.now() ? since : Date.now();
     const { urls: urlKeys, user: userKeys } = this.tagKeys(url, tags, where);
     const found = await this.readTags([...urlKeys, ...userKeys]);
     const versions = new Map<string, string>();
@@ -243,18 +248,6 @@ export class PageCache {
     }
     if (missing.length) for (const [k, v] of await this.cache.tagVersions(missing, ttlMs)) versions.set(k, v);
     return { started, urls: urlKeys.map((key) => ({ key, entry: found.get(key) })), versions };
-  }
-
-  /**
-   * Versions of tags the route named only once its response was produced (`res.locals.cacheTags`). A tag
-   * whose version record was written after `since` was invalidated while the page was produced: then the
-   * page must not be stored, and this resolves undefined.
-   */
-  async lateVersions(tagKeys: readonly string[], since: number, ttlMs: number | null = null): Promise<Map<string, string> | undefined> {
-    if (!tagKeys.length) return new Map();
-    const found = await this.cache.readMany(tagKeys);
-    if (found.some((e) => e && e.created >= since)) return undefined;
-    return this.cache.tagVersions(tagKeys, ttlMs);
   }
 
   /**
@@ -274,11 +267,21 @@ export class PageCache {
     const versions = new Map(t.versions);
     if (t.late !== undefined) {
       const keys = this.cache.userTags(t.late, 'res.locals.cacheTags').map((tag) => this.cache.tagKey(tag)).filter((k) => !versions.has(k));
-      const late = await this.lateVersions(keys, t.started, 2 * page.ttlMs);
-      if (!late) return false; // a tag was invalidated while this page was produced
-      for (const [k, v] of late) versions.set(k, v);
+      for (const [k, v] of await this.cache.tagVersions(keys, 2 * page.ttlMs)) versions.set(k, v);
     }
     let ttlMs = page.ttlMs;
+    // Fencing, as for fragments (lib/fencing.ts): a tag invalidated after the request started (while earlier
+    // middleware or the route loaded the data, or for late tags at any time before now) keeps the page out.
+    // Compared in the store's clock through the invalidation time each version carries, never host clocks.
+    if (versions.size) {
+      await this.cache.clock.ready(this.cache.guard.timeout);
+      const f = fence(tagPairs(versions), t.started, t.started, this.cache.clock, UNKNOWN_SINCE_WINDOW_MS);
+      if (!f.store) return false;
+      if (f.expiresBy !== undefined) {
+        ttlMs = Math.min(ttlMs, f.expiresBy - Date.now());
+        if (ttlMs < 1000) return false;
+      }
+    }
     const recordTtl = 2 * ttlMs;
     const now = Date.now();
     const sync = this.cache.store.sync;

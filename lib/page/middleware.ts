@@ -15,7 +15,13 @@ import { MemoryStore } from '../stores/memory';
 import { normalPath, PageCache, type PageEntry, type PageMeta, type PageRequest, type PageTags } from './cache';
 import { NOT_REPLAYED } from './check';
 import { deltaSeconds, etagMatches, formatCacheControl, maxAge, parseCacheControl, parseVary, refusal, type Refusal } from './policy';
-import { ENGINE_SETTING } from './view';
+import { ENGINE_SETTING, REQUEST_START } from './view';
+
+/** When the request started, as `engine.express(app)` stamps it (before any middleware loaded data), if known. */
+function requestStart(res: ServerResponse): number | undefined {
+  const t = (res as { locals?: Record<symbol, unknown> }).locals?.[REQUEST_START];
+  return typeof t === 'number' ? t : undefined;
+}
 
 /** The request as the middleware reads it (an Express request). */
 export interface PageReq extends IncomingMessage {
@@ -607,7 +613,7 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
       try {
         // Read before the route runs: an invalidation during the render then makes this entry stale at once.
         // The URL tags are only read (written when, if, the page is stored); tag records created here expire.
-        tags = await pages.startTags(request.url, userTags, 'tags', 2 * ttlMs);
+        tags = await pages.startTags(request.url, userTags, 'tags', 2 * ttlMs, requestStart(res));
       } catch (err) {
         done();
         pages.cache.report(err); // store down: serve uncached
