@@ -50,9 +50,9 @@ let ready;
 const c = () => (ready ??= client.connect()).then(() => client);
 module.exports.store = {
   kind: 'redis', shared: true,
-  async getMany(keys) { if (!keys.length) return []; return (await (await c()).mGet([...keys])).map((x) => (x == null ? undefined : decodeEntry(x))); },
-  async setMany(ws) { const cl = await c(); await Promise.all(ws.map((w) => cl.set(w.key, encodeEntry(w.entry), w.ttlMs ? { PX: w.ttlMs } : undefined))); },
-  async add(k, e, t) { return (await (await c()).set(k, encodeEntry(e), t ? { PX: t, NX: true } : { NX: true })) === 'OK'; },
+  async getMany(keys) { if (!keys.length) return []; return (await (await c()).mGet([...keys])).map((x, i) => (x == null ? undefined : decodeEntry(x, keys[i]))); },
+  async setMany(ws) { const cl = await c(); await Promise.all(ws.map((w) => cl.set(w.key, encodeEntry(w.entry, w.key), w.ttlMs ? { PX: w.ttlMs } : undefined))); },
+  async add(k, e, t) { return (await (await c()).set(k, encodeEntry(e, k), t ? { PX: t, NX: true } : { NX: true })) === 'OK'; },
   async deleteMany(keys) { if (keys.length) await (await c()).del([...keys]); },
   async clear(prefix) { const ks = []; for await (const k of this.keys(prefix)) ks.push(k); await this.deleteMany(ks); return ks.length; },
   async *keys(prefix) { const cl = await c(); for await (const b of cl.scanIterator({ MATCH: prefix.replace(/[*?[\\]\\\\]/g, '\\\\$&') + '*', COUNT: 1000 })) for (const k of [].concat(b)) yield k; },
@@ -233,7 +233,7 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
 
   test('keys shows progress on a terminal only', async () => {
     // Enough keys that a scan takes a while; written as real entries under the prefix.
-    const many = Array.from({ length: 3000 }, (_, i) => [`${prefix}:1:k:=s4:n${String(i).padStart(3, '0')}`, encodeEntry({ body: 'v', created: Date.now(), expires: null })] as [string, string]);
+    const many = Array.from({ length: 3000 }, (_, i) => [`${prefix}:1:k:=s4:n${String(i).padStart(3, '0')}`, encodeEntry({ body: 'v', created: Date.now(), expires: null }, `${prefix}:1:k:=s4:n${String(i).padStart(3, '0')}`)] as [string, string]);
     await client.mSet(many);
     const tty = await run(['keys', 'nothing-matches-this'], { cwd: dir, tty: true });
     expect(tty.code).toBe(0);
