@@ -4,6 +4,7 @@
  */
 import { createClient } from '@redis/client';
 import { createEngine, StoreError, type Engine, type FragcacheError } from '../lib';
+import { FORMAT } from '../lib/entry';
 import type { RedisStore } from '../lib/stores/redis';
 import { describeWith, freePort, need, privateRedis, redis, uniquePrefix, until, type TestServer } from './support/servers';
 
@@ -107,9 +108,9 @@ describeWith(need(redis, true), 'Redis faults (private server)', () => {
       await until('redis connection', () => (other.cache.store as RedisStore).client.isReady === true);
       await admin.set(key, 'garbage\u0000{not an entry');
       expect(await other.renderString(PAGE, { v: 'h' })).toBe(`[0:h]${page('g').slice(5)}`);
-      expect((await admin.get(key))!.startsWith('fc1')).toBe(true);
-      // An entry of another format version is a miss too.
-      await admin.set(key, 'fc0{"created":1,"expires":null}\nold');
+      expect((await admin.get(key))!.startsWith(FORMAT)).toBe(true);
+      // An entry of another format version is a miss too (fc1: before entries carried their key's digest).
+      await admin.set(key, 'fc1{"created":1,"expires":null}\nold');
       const third = createEngine({ store: server.url, prefix: engine.cache.prefix });
       await until('redis connection', () => (third.cache.store as RedisStore).client.isReady === true);
       expect(await third.renderString(PAGE, { v: 'i' })).toBe(`[0:i]${page('g').slice(5)}`);

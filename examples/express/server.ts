@@ -7,7 +7,7 @@
  */
 import path from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { createEngine, type Engine, type StoreSpec } from '../../lib';
+import { createEngine, type Engine, type EngineOptions, type StoreSpec } from '../../lib';
 import { cachePage } from '../../lib/express';
 import { Articles, USERS } from './articles';
 
@@ -24,11 +24,14 @@ export interface AppOptions {
   store?: StoreSpec;
   /** Key prefix (tests use a unique one on shared stores). */
   prefix?: string;
+  /** Time budget and circuit breaker of store calls (tests tune them). */
+  timeout?: EngineOptions['timeout'];
+  breaker?: EngineOptions['breaker'];
 }
 
 /** Builds the app. Tests drive it over HTTP; `close()` waits for invalidations and closes the stores. */
 export function createApp(options: AppOptions = {}): { app: express.Express; engine: Engine; articles: Articles; close(): Promise<void> } {
-  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix });
+  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout, breaker: options.breaker });
   const articles = new Articles();
   // Saving an article drops its card, its cached body and its cached pages (all tagged `article:<id>`).
   engine.invalidateOn(articles, 'saved', (a: { id: number }) => ({ tags: [`article:${a.id}`] }));
