@@ -3,8 +3,8 @@
  * call, then nothing at all while the circuit is open, and is tried again `retryAfter` later (or as soon as the
  * store reports a fresh connection, whichever comes first).
  *
- * A call abandoned over budget leaves its reply to come later on the same connection: the guard asks the store
- * to drop that connection ({@link Store.reset}), so nothing that arrives late can be taken for another reply.
+ * A call abandoned over budget whose reply never comes (a stuck or out-of-step connection) makes the guard ask
+ * the store to replace that connection ({@link Store.reset}); so does a reply under the wrong key at once.
  * @module
  */
 import { StoreError, StoreIntegrityError, StoreTimeoutError } from './errors';
@@ -24,6 +24,9 @@ export interface GuardOptions {
 }
 
 type State = 'closed' | 'open' | 'probing';
+
+/** How long after its budget an abandoned call may still get its reply before its connection is replaced. */
+export const STUCK_AFTER_MS = 400;
 
 /** Runs store calls under a time budget and a circuit breaker. */
 export class StoreGuard {
@@ -50,8 +53,12 @@ export class StoreGuard {
     this.store?.onReady?.(() => this.probeSoon());
   }
 
+  /** Grows whenever the store reports a fresh connection. */
+  private connection = 0;
+
   /** A fresh connection is up: let the next call probe it now rather than after the rest of `retryAfter`. */
   probeSoon(): void {
+    this.connection++;
     if (this.state === 'open') this.openedAt = this.now() - this.retryAfter;
   }
 
@@ -74,9 +81,11 @@ export class StoreGuard {
       throw new StoreError(`${this.storeKind} store is being probed after failures`, this.storeKind, operation);
     }
     let timer: NodeJS.Timeout | undefined;
+    const connection = this.connection;
+    const pending = Promise.resolve().then(call);
     try {
       const result = await Promise.race([
-        Promise.resolve().then(call),
+        pending,
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () => reject(new StoreTimeoutError(`${this.storeKind} store: ${operation} took more than ${timeout} ms`, this.storeKind, operation)),
@@ -89,13 +98,13 @@ export class StoreGuard {
       this.state = 'closed';
       return result;
     } catch (err) {
-      // Its reply may still come, on a connection the store must not reuse (it would answer the next command).
-      if (err instanceof StoreTimeoutError || err instanceof StoreIntegrityError) {
-        try {
-          this.store?.reset?.(err);
-        } catch {
-          // a store's reset must not throw; if it does, the breaker still counts the failure
-        }
+      if (err instanceof StoreIntegrityError) this.reset(err);
+      else if (err instanceof StoreTimeoutError && this.store?.reset) this.resetIfStuck(pending, err);
+      // A call that failed on a connection since replaced by a fresh one (a reset rejects the calls still on the
+      // old one) says nothing about the new connection: it does not count towards opening the circuit.
+      if (connection !== this.connection && !(err instanceof StoreTimeoutError)) {
+        if (err instanceof StoreError) throw err;
+        throw new StoreError(`${this.storeKind} store: ${operation} failed: ${(err as Error)?.message ?? err}`, this.storeKind, operation, { cause: err });
       }
       this.failures++;
       if (this.state === 'probing' || this.failures >= this.maxFailures) {
@@ -107,5 +116,28 @@ export class StoreGuard {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  private reset(err: unknown): void {
+    try {
+      this.store?.reset?.(err);
+    } catch {
+      // a store's reset must not throw; if it does, the breaker still counts the failure
+    }
+  }
+
+  /**
+   * An abandoned call whose reply has still not come {@link STUCK_AFTER_MS} later: the connection is stuck or out
+   * of step (a reply lost or swallowed), so the store replaces it. One whose late reply does come was merely
+   * slow (a loaded machine, a busy server): its connection is kept, so a latency spike does not turn into
+   * reconnects that fail every other call in flight.
+   */
+  private resetIfStuck(pending: Promise<unknown>, err: StoreTimeoutError): void {
+    let settled = false;
+    pending.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    setTimeout(() => settled || this.reset(err), Math.max(STUCK_AFTER_MS, 4 * this.timeout)).unref?.();
   }
 }

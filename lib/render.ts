@@ -703,6 +703,8 @@ export class RenderSession {
     const deadline = Date.now() + this.lockWaitMs;
     const every = Math.min(50, Math.max(10, this.lockWaitMs / 100));
     while (waiting.length && Date.now() < deadline) {
+      // The store is failing (circuit open): the winner cannot deliver through it, so do not wait for it.
+      if (waiting.every((s) => s.cache.guard.isOpen)) break;
       await new Promise((r) => setTimeout(r, every));
       const byCache = new Map<FragmentCache, Spec[]>();
       for (const s of waiting) byCache.set(s.cache, [...(byCache.get(s.cache) ?? []), s]);

@@ -52,13 +52,19 @@ describe('entry key digest', () => {
 });
 
 describe('guard', () => {
-  it('a call abandoned over budget makes the store drop its connection', async () => {
+  it('a call abandoned over budget whose reply never comes makes the store drop its connection; a late reply does not', async () => {
     const reset = jest.fn();
-    const guard = new StoreGuard({ kind: 'fake', reset }, { timeout: 20 });
+    const guard = new StoreGuard({ kind: 'fake', reset }, { timeout: 20, failures: 10 });
+    let late!: () => void;
+    await expect(guard.run('getMany', () => new Promise<void>((r) => (late = r)))).rejects.toThrow(/took more than 20 ms/);
     await expect(guard.run('getMany', () => new Promise(() => undefined))).rejects.toThrow(/took more than 20 ms/);
+    late(); // the first one's reply comes, late: that connection was only slow
+    expect(reset).not.toHaveBeenCalled();
+    await until('the stuck call to reset its connection', () => reset.mock.calls.length > 0, 2000, 10);
     expect(reset).toHaveBeenCalledTimes(1);
     await expect(guard.run('getMany', () => Promise.reject(new Error('refused')))).rejects.toThrow(StoreError);
-    expect(reset).toHaveBeenCalledTimes(1); // a plain failure says nothing about the connection's state
+    await expect(guard.run('getMany', () => Promise.reject(new StoreIntegrityError('wrong key', 'fake', 'getMany')))).rejects.toThrow(StoreIntegrityError);
+    expect(reset).toHaveBeenCalledTimes(2); // a plain failure says nothing about the connection; a wrong-key reply does
   });
 
   it('a store that reports a fresh connection is probed at once, not after retryAfter', async () => {
@@ -125,16 +131,17 @@ describeWith(need(redis, true), 'Redis integrity through a faulty link (private 
       proxy.garbleNext();
       const faultAt = Date.now();
       const results: { user: keyof typeof users; status: number; body: string; cache?: string; start: number }[] = [];
-      for (let round = 0; round < 8; round++) {
-        await Promise.all(
-          Array.from({ length: 20 }, async (_, i) => {
-            const user = i % 2 ? 'bob' : 'alice';
-            const path = `/articles/${1 + (i % 3)}`;
+      // 8 concurrent loops of 20 requests each (a request that waits on another's lock delays only its own loop).
+      await Promise.all(
+        Array.from({ length: 8 }, async (_, loop) => {
+          for (let i = 0; i < 20; i++) {
+            const user = (loop + i) % 2 ? 'bob' : 'alice';
+            const path = `/articles/${1 + ((loop + i) % 3)}`;
             const start = Date.now();
             results.push({ user, start, ...(await get(port, path, user)) });
-          }),
-        );
-      }
+          }
+        }),
+      );
       expect(results.filter((r) => r.status !== 200).map((r) => `${r.status} ${r.body.slice(0, 80)}`)).toEqual([]);
       expect(results.filter((r) => hello(r.body) !== users[r.user]).length).toBe(0);
       // The fault was seen and healed: a protocol error or a wrong-key reply replaced the connection.
@@ -145,6 +152,7 @@ describeWith(need(redis, true), 'Redis integrity through a faulty link (private 
       // retryAfter (500 ms) of the fault, plus headroom for a loaded machine (2 shared cores).
       await until('a page HIT after the fault', async () => (await get(port, '/articles/1', 'alice')).cache === 'HIT', 3000, 10);
       const firstHit = results.find((r) => r.cache === 'HIT' && r.start > lastErrorAt)?.start ?? Date.now();
+      if (process.env.H4_DEBUG) console.log(errors.map((e) => `${e.message}`).join('\n'), '\nlastErrorAt', lastErrorAt - faultAt, results.map((r) => `${r.start - faultAt}:${r.cache}`).join(' '));
       expect(firstHit - faultAt).toBeLessThan(1500);
       const again = await get(port, '/articles/1', 'bob');
       expect(hello(again.body)).toBe('Hello, Bob');
@@ -224,18 +232,23 @@ describeWith(need(redis, true), 'Redis integrity through a faulty link (private 
       expect((engine.cache.store as RedisStore).resets).toBe(0);
     }, 30_000);
 
-    it('replies held past the budget, then delivered: every render is the user’s own (or fresh); the late replies are dropped with their connection', async () => {
+    it.each([
+      [250, 'kept (late replies match their abandoned calls)'],
+      [1000, 'replaced (the replies are stuck)'],
+    ])('replies held %d ms (past the 100 ms budget), then delivered: every render is the user’s own or fresh; the connection is %s', async (holdMs) => {
       for (const user of ['alice', 'bob']) expect(await engine.renderString(PAGE, { user, v: '1' })).toBe(page(user, '1'));
-      proxy.holdReplies(400);
+      proxy.holdReplies(holdMs);
       const during = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? 'bob' : 'alice')).map(async (user) => ({ user, html: await engine.renderString(PAGE, { user, v: 'fresh' }) })));
       for (const { user, html } of during) expect([page(user, '1'), page(user, 'fresh')]).toContain(html);
       expect(errors.some((e) => /took more than/.test(e.message))).toBe(true);
-      expect((engine.cache.store as RedisStore).resets).toBeGreaterThanOrEqual(1);
-      await new Promise((r) => setTimeout(r, 500)); // the held replies arrive now (on the dropped connection)
+      await new Promise((r) => setTimeout(r, holdMs + 100)); // the held replies have arrived
+      if (holdMs < 400) expect((engine.cache.store as RedisStore).resets).toBe(0);
+      else expect((engine.cache.store as RedisStore).resets).toBeGreaterThanOrEqual(1);
       await until('caching to resume', async () => (await engine.explainString(PAGE, { user: 'bob', v: 'x' })).fragments.every((f) => f.status === 'hit'), 3000, 20);
       for (let i = 0; i < 20; i++) {
         const user = i % 2 ? 'bob' : 'alice';
-        expect([page(user, '1'), page(user, 'fresh')]).toContain(await engine.renderString(PAGE, { user, v: 'later' }));
+        // The user's own page: cached (1, fresh) or rendered now (later); never another user's.
+        expect([page(user, '1'), page(user, 'fresh'), page(user, 'later')]).toContain(await engine.renderString(PAGE, { user, v: 'later' }));
       }
     });
 
@@ -273,7 +286,12 @@ describeWith(need(memcached, true), 'Memcached integrity through a faulty link (
     try {
       for (const user of ['alice', 'bob', 'alice']) await engine.renderString(PAGE, { user, v: '1' });
       expect(engine.stats().hits).toBeGreaterThan(0);
-      proxy.garbleNext();
+      // The first reply of the next pipeline carries the next request's opaque (memjs matches replies by it).
+      proxy.garbleNext((c) => {
+        const b = Buffer.from(c);
+        if (b.length >= 16) b.writeUInt32BE((b.readUInt32BE(12) + 1) >>> 0, 12);
+        return b;
+      });
       for (let i = 0; i < 10; i++) {
         const user = i % 2 ? 'bob' : 'alice';
         const t0 = performance.now();

@@ -102,6 +102,8 @@ export class RedisStore implements Store {
   private current!: Keyv;
   private currentClient!: RedisLike;
   private readonly cluster: boolean;
+  /** Neither Cluster nor Sentinel: one connection, which a reset reconnects in place. */
+  private readonly standalone: boolean;
   private closed = false;
   /** How the client is made (kept to open a fresh one on {@link reset}). */
   private readonly spec: Record<string, unknown>;
@@ -143,6 +145,7 @@ export class RedisStore implements Store {
       spec = { ...base, ...connect, socket: { ...base.socket, ...((connect.socket as object) ?? {}) } };
     }
     this.cluster = connect !== null && typeof connect === 'object' && connect.rootNodes !== undefined;
+    this.standalone = !this.cluster && !(typeof connect === 'object' && connect.sentinelRootNodes !== undefined);
     this.spec = spec;
     this.namespace = options.namespace ?? 'fragcache';
     this.onError = options.onError;
@@ -159,7 +162,7 @@ export class RedisStore implements Store {
     }
   }
 
-  /** Makes a client and starts connecting it (at construction, and on every {@link reset}). */
+  /** Makes a client, attaches its listeners and starts connecting it (at construction; on a reset of a Cluster or Sentinel). */
   private open(): void {
     const keyv = createKeyv(this.spec as never, { namespace: this.namespace, throwOnConnectError: false });
     // Keyv and the adapter re-emit errors: handle them too, so none is ever unhandled.
@@ -172,6 +175,7 @@ export class RedisStore implements Store {
       if (client !== this.currentClient) return;
       this.lastError = err as Error;
       this.onError?.(err as Error);
+      this.settleAttempt?.();
       // A socket error comes with isReady false (node-redis reconnects by itself, with a clean queue); an error
       // while the connection is still "ready" is a reply it could not parse: the queue is out of step now.
       if (client.isReady === true) this.reset(err);
@@ -181,25 +185,35 @@ export class RedisStore implements Store {
       if (client === this.currentClient && /RESP|pars/i.test((err as Error)?.message ?? '')) this.reset(err);
     });
     client.on('ready', () => {
-      if (client === this.currentClient) for (const fn of this.readyListeners) fn();
+      if (client !== this.currentClient) return;
+      this.settleAttempt?.();
+      for (const fn of this.readyListeners) fn();
     });
-    // Connect now; with reconnectStrategy it keeps trying in the background. Commands meanwhile fail fast,
-    // except during the very first attempt: they wait for it (under the cache's time budget), so the first
-    // render after start-up (or after a reset) is not needlessly uncached.
+    this.connect(client);
+  }
+
+  /** Ends the current connection attempt (the first one, or a reset's): commands stop waiting for it. */
+  private settleAttempt: (() => void) | undefined;
+
+  /**
+   * Connects; with reconnectStrategy it keeps trying in the background. Commands meanwhile fail fast, except
+   * during this first attempt: they wait for it (under the cache's time budget), so the first render after
+   * start-up (or after a reset) is not needlessly uncached.
+   */
+  private connect(client: RedisLike): void {
     let settle!: () => void;
     const attempt = new Promise<void>((r) => (settle = r));
     this.firstAttempt = attempt;
-    client.on('ready', settle);
-    client.on('error', settle);
+    this.settleAttempt = settle;
     void attempt.then(() => {
       if (this.firstAttempt === attempt) this.firstAttempt = undefined;
       if (client === this.currentClient) this.resetting = false;
     });
-    // A cluster or sentinel client emits no 'ready': its connect() resolving ends the first attempt too.
+    // A cluster or sentinel client emits no 'ready': its connect() resolving ends the attempt too.
     client.connect().then(
       () => {
         settle();
-        if (client === this.currentClient) for (const fn of this.readyListeners) fn();
+        if (client === this.currentClient && !this.standalone) for (const fn of this.readyListeners) fn();
       },
       (err: Error) => {
         if (client === this.currentClient) this.lastError = err;
@@ -213,6 +227,9 @@ export class RedisStore implements Store {
    * parse, a reply for another key, a call abandoned over the time budget). Commands still waiting on the old
    * one are rejected. A no-op while a reset is already under way, or while node-redis is reconnecting by itself
    * (a socket that failed is replaced with a clean queue anyway). Never throws.
+   *
+   * A standalone client is destroyed and connected again (the same object: making a node-redis client costs
+   * hundreds of ms of CPU the first times); a Cluster or Sentinel client is replaced by a new one.
    */
   reset(reason?: unknown): void {
     if (this.closed || this.resetting) return;
@@ -225,12 +242,13 @@ export class RedisStore implements Store {
       this.l1.clear(); // filled from a connection that was out of step
       this.l1Seq++;
     }
-    this.open();
     try {
-      old.destroy?.();
+      old.destroy?.(); // rejects every command still waiting on it
     } catch {
       // already closed
     }
+    if (this.standalone) this.connect(old);
+    else this.open();
   }
 
   /** Calls `fn` whenever a (re)connection becomes ready: the cache's breaker may then probe at once. */
