@@ -11,7 +11,11 @@ import { faultProxy, type FaultProxy } from './support/proxy';
 import { row, runFault, startApp, uncachedP99, type AppProcess, type FaultKind, type FaultResult } from './support/load-faults';
 import { describeWith, memcached, need, privateMemcached, privateRedis, redis, uniquePrefix, type TestServer } from './support/servers';
 
-const BUDGET = 100; // the engine's default time budget (ms)
+/**
+ * The app's time budget (ms). The default is 100; 250 here because the load generator, the app, the server and
+ * the proxy share 2 cores (with other suites): at 100 ms the machine itself trips the budget in steady state.
+ */
+const BUDGET = 250;
 /** The documented recovery bound ("caching resumes within a second"). */
 const RECOVERY_MS = 1000;
 const rows: string[] = [];
@@ -41,7 +45,7 @@ function suite(kind: 'redis' | 'memcache', start: () => Promise<TestServer>, fau
   beforeAll(async () => {
     server = await start();
     proxy = await faultProxy(server.port);
-    app = await startApp(`${kind}://127.0.0.1:${proxy.port}`, uniquePrefix('load'));
+    app = await startApp(`${kind}://127.0.0.1:${proxy.port}`, uniquePrefix('load'), BUDGET);
     await runFault({ fault: 'kill-connection', store: kind, app, proxy, steadyMs: 500, afterMs: 500 }); // warm-up
     await uncachedP99(app.port, 500);
     renderP99 = await uncachedP99(app.port, 1000);
