@@ -30,7 +30,10 @@ export interface FaultProxy {
   readonly open: number;
   /** Resets every open connection (both sides), as a crashed middlebox would. New connections still work. */
   kill(): void;
-  /** Stops forwarding (both ways, open and new connections) until {@link resume}; nothing is lost. */
+  /**
+   * Stops forwarding (both ways, open and new connections) until {@link resume}; nothing is lost, and a side
+   * that closes meanwhile is not told to the other (a black-holing link).
+   */
   stall(): void;
   resume(): void;
   /** Delays every chunk by `ms` each way (0: none). */
@@ -98,6 +101,8 @@ export async function faultProxy(targetPort: number): Promise<FaultProxy> {
     const link: Link = { client, server: upstream, chain: { up: Promise.resolve(), down: Promise.resolve() } };
     links.add(link);
     const drop = () => {
+      // While stalled nothing gets through, not even a close: the other side learns of it on resume.
+      if (stalled) return void stalled.promise.then(drop);
       links.delete(link);
       client.destroy();
       upstream.destroy();
