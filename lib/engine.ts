@@ -8,6 +8,7 @@ import path from 'node:path';
 import nunjucks from 'nunjucks';
 import { FragmentCache, type CacheEvents, type Counters } from './cache';
 import { AsyncTemplateError, FragcacheError, OptionError, TemplateError } from './errors';
+import { dependencies, type DepNode } from './deps';
 import { CacheExtension, compilingTemplate } from './extension';
 import type { GuardOptions } from './guard';
 import { RenderSession, SharedFailure, type FragmentTrace } from './render';
@@ -96,8 +97,10 @@ const ANGLE = { blockStart: '<%', blockEnd: '%>' };
  * environments, every compile error names the template it is in.
  */
 const engineEnvs = new WeakSet<object>();
+/** Per engine environment using the angle syntax: looks at each template's source as it is compiled. */
+const sourceChecks = new WeakMap<object, (path: string | undefined, source: unknown) => void>();
 {
-  type Tmpl = { env: object; path?: string; compiled?: boolean; compile(): void; __fragcache?: boolean };
+  type Tmpl = { env: object; path?: string; tmplStr?: unknown; compiled?: boolean; compile(): void; __fragcache?: boolean };
   const proto = (nunjucks.Template as unknown as { prototype: Tmpl }).prototype;
   if (!proto.__fragcache) {
     const compile = proto.compile;
@@ -115,6 +118,22 @@ const engineEnvs = new WeakSet<object>();
     };
     proto.__fragcache = true;
   }
+  // Every compile, eager (getTemplate, new Template) or lazy, goes through _compile.
+  const inner = proto as unknown as { _compile(): void; __fragcacheSource?: boolean } & Tmpl;
+  if (!inner.__fragcacheSource) {
+    const _compile = inner._compile;
+    inner._compile = function (this: Tmpl & { _compile(): void }) {
+      sourceChecks.get(this.env)?.(this.path, this.tmplStr);
+      return _compile.call(this);
+    };
+    inner.__fragcacheSource = true;
+  }
+}
+
+/** 1-based line and column of an offset in a text. */
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, offset);
+  return { line: before.split('\n').length, column: offset - before.lastIndexOf('\n') };
 }
 
 /** A pass whose callback had not come when it returned (see `Engine.settle`). */
@@ -126,8 +145,20 @@ interface PendingPass {
 // `(path) [Line l, Column c]`; the path may hold parentheses itself, as `(string)` does.
 const POSITION = /^\s*\((.+?)\)(?: \[Line (\d+), Column (\d+)\])?$/gm;
 
+/** Events of an {@link Engine}: those of its caches, and `warning`. */
+export interface EngineEvents extends CacheEvents {
+  /**
+   * Something probably not meant, found once per template: a template with Nunjucks' own `{% %}` tags under the
+   * angle syntax, where they are output as text. Without a listener it goes to `process.emitWarning`.
+   */
+  warning: [TemplateError];
+}
+
+/** Nunjucks block tags: one of these after `{%` under the angle syntax is almost surely a template written for `{% %}`. */
+const CURLY_TAG = /\{%-?\s*(cache|endcache|if|elif|elseif|else|endif|for|endfor|block|endblock|extends|include|import|from|set|endset|macro|endmacro|call|endcall|filter|endfilter)\b/;
+
 /** The engine returned by {@link createEngine}. Emits the cache events of all its stores. */
-export class Engine extends EventEmitter<CacheEvents> {
+export class Engine extends EventEmitter<EngineEvents> {
   /** The Nunjucks Environment: add filters and globals here. */
   readonly env: nunjucks.Environment;
   /** The default cache (low-level API). */
@@ -137,6 +168,7 @@ export class Engine extends EventEmitter<CacheEvents> {
   readonly views: string[];
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
+  private readonly syntax: 'angle' | 'curly';
   private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
@@ -148,6 +180,7 @@ export class Engine extends EventEmitter<CacheEvents> {
     if (options.syntax !== undefined && options.syntax !== 'angle' && options.syntax !== 'curly') {
       throw new OptionError('syntax', options.syntax, 'expected "angle" or "curly"');
     }
+    this.syntax = options.syntax ?? 'angle';
     this.maxPasses = options.maxPasses ?? 32;
     if (!Number.isInteger(this.maxPasses) || this.maxPasses < 1) throw new OptionError('maxPasses', options.maxPasses, 'expected a whole number >= 1');
     for (const [name, value] of [['timeout', options.timeout], ['waitTimeout', options.waitTimeout], ['lockTimeout', options.lockTimeout], ['lockWait', options.lockWait]] as const) {
@@ -167,7 +200,7 @@ export class Engine extends EventEmitter<CacheEvents> {
       // Two aliases given the same instance share one cache (and one circuit breaker).
       const existing = spec !== undefined && typeof spec === 'object' ? byStore.get(spec) : undefined;
       const cache =
-        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this });
+        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this as unknown as EventEmitter<CacheEvents> });
       if (spec !== undefined && typeof spec === 'object') byStore.set(spec, cache);
       caches.set(alias, cache);
     };
@@ -185,6 +218,29 @@ export class Engine extends EventEmitter<CacheEvents> {
     });
     this.env.addExtension('FragmentCache', new CacheExtension(this.resolve));
     engineEnvs.add(this.env);
+    const tags = options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags };
+    if (tags?.blockStart === '<%') sourceChecks.set(this.env, (file, source) => this.checkSource(file, source));
+  }
+
+  /** Templates already warned about (once each). */
+  private readonly warned = new Set<string>();
+
+  /** Under the angle syntax: warns once per template whose source has `{% tag` (output as text there). */
+  private checkSource(file: string | undefined, source: unknown): void {
+    if (typeof source !== 'string' || !source.includes('{%')) return;
+    const m = CURLY_TAG.exec(source);
+    const name = this.relative(file);
+    if (!m || this.warned.has(name)) return;
+    if (this.warned.size < 1000) this.warned.add(name);
+    const { line, column } = lineColumn(source, m.index);
+    const warning = new TemplateError(
+      `${name}:${line}:${column}: "${m[0]}" is a Nunjucks {% %} tag, but this engine uses the angle syntax (<% %>), where it is output as text. Write <% ${m[1]} … %>, or use syntax: 'curly' (fragcache --syntax curly) for templates written with {% %}.`,
+      name,
+      line,
+      column,
+    );
+    if (this.listenerCount('warning')) this.emit('warning', warning);
+    else process.emitWarning(warning.message, { code: 'FRAGCACHE_SYNTAX' });
   }
 
   /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
@@ -243,10 +299,39 @@ export class Engine extends EventEmitter<CacheEvents> {
       }
     } catch (err) {
       session.fail();
+      const root = (tmpl as unknown as { path?: string }).path;
       const late = await this.lateError(err);
-      if (late) throw this.templateError(late, (tmpl as unknown as { path?: string }).path);
-      throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);
+      if (late) throw this.locateMissing(this.templateError(late, root), root);
+      throw this.locateMissing(err instanceof FragcacheError ? err : this.templateError(err, root), root);
     }
+  }
+
+  /**
+   * Nunjucks says "template not found: x" for a missing include, import or parent without saying where it is
+   * pulled in: find that in the dependency tree of the rendered template, and name the file, line and column.
+   */
+  private locateMissing(err: FragcacheError, rootPath: string | undefined): FragcacheError {
+    const m = /^template not found: (.+)$/.exec(err.message);
+    if (!m || !(err instanceof TemplateError) || err.line !== undefined || !rootPath || !path.isAbsolute(rootPath)) return err;
+    const root = this.relative(rootPath);
+    let tree: DepNode;
+    try {
+      tree = dependencies(root, { views: this.views, syntax: this.syntax });
+    } catch {
+      return err;
+    }
+    const find = (node: DepNode, owner: string): { owner: string; at: DepNode } | undefined => {
+      for (const c of node.children) {
+        if (c.kind === 'missing' && c.name === m[1]) return { owner, at: c };
+        const found = find(c, c.kind === 'cache' ? owner : c.name);
+        if (found) return found;
+      }
+      return undefined;
+    };
+    const hit = find(tree, root);
+    if (!hit) return err;
+    const { owner, at } = hit;
+    return new TemplateError(`${owner}:${at.line}:${at.column}: template not found: ${m[1]}`, owner, at.line, at.column, { cause: err.cause });
   }
 
   /** For an AsyncTemplateError raised in a cache body: the error Nunjucks reports a tick later, if any. */
@@ -345,7 +430,9 @@ export class Engine extends EventEmitter<CacheEvents> {
     const name = this.relative(template);
     let cause: unknown = e?.cause ?? err;
     const detail = message.replace(POSITION, '').replace(/^\s+/gm, '').trim();
-    if (/template not found/i.test(message)) return new TemplateError(`template not found: ${detail.replace(/^.*template not found:\s*/i, '')}`, name, undefined, undefined, { cause });
+    // (Raised in a cache body, the message is wrapped: "Template render error: (path)\nError: template not found: x".)
+    const notFound = /template not found:\s*([^\n]+?)\s*$/i.exec(message);
+    if (notFound) return new TemplateError(`template not found: ${notFound[1]}`, name, undefined, undefined, { cause });
     const where = [name, line, column].filter((x) => x !== undefined).join(':');
     if (cause instanceof TemplateError) cause = cause.cause ?? cause;
     if (cause instanceof AsyncTemplateError) return new AsyncTemplateError(`${where}: ${cause.message}`, { cause });

@@ -2,7 +2,7 @@
  * fragcache: fragment and page caching for Nunjucks.
  * @packageDocumentation
  */
-export { createEngine, Engine, type EngineOptions, type Explained, type ExplainOptions, type InvalidationTargets } from './engine';
+export { createEngine, Engine, type EngineEvents, type EngineOptions, type Explained, type ExplainOptions, type InvalidationTargets } from './engine';
 export { FragmentCache, type CacheOptions, type Counters, type SetOptions, type CacheEvents, type FragmentEvent } from './cache';
 export { CacheExtension, type CacheTarget } from './extension';
 export { fastifyViewEngine, type FastifyNunjucks, type FastifyNunjucksEnv } from './fastify';

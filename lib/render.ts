@@ -110,6 +110,24 @@ export class SharedFailure extends Error {
 }
 
 /** One frozen `{ name }` per fragment name, shared by all its entries (names are template literals: few). */
+/**
+ * A short readable form of vary values whose key part is a hash (long values, spaces, non-ASCII), stored with the
+ * entry so that the CLI can show which variant it is: each value as JSON, cut to 40 characters.
+ */
+function varyPreview(vary: readonly unknown[]): string {
+  return vary
+    .map((v) => {
+      let s: string;
+      try {
+        s = v instanceof Date ? v.toISOString() : (JSON.stringify(v) ?? String(v));
+      } catch {
+        s = String(v);
+      }
+      return s.length > 40 ? `${s.slice(0, 39)}…` : s;
+    })
+    .join(', ');
+}
+
 const metas = new Map<string, Readonly<Record<string, unknown>>>();
 function metaOf(name: string): Readonly<Record<string, unknown>> {
   let m = metas.get(name);
@@ -366,7 +384,7 @@ export class RenderSession {
       expires: spec.ttlMs === null ? null : now + spec.ttlMs,
       cost: Math.round(cost),
       tags,
-      meta: metaOf(block.name),
+      meta: spec.vp.charCodeAt(0) === 35 /* '#': hashed vary */ ? { name: block.name, vary: varyPreview(spec.vary) } : metaOf(block.name),
       // Declared now (a memory-store hit sets it): adding a property later costs every entry an extra array.
       checked: undefined,
     };

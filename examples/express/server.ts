@@ -5,6 +5,7 @@
  * Run: `npm run example` (port from PORT, default 3000). Try `curl -i localhost:3000/articles/1` twice, then
  * `curl -X PUT -H 'content-type: application/json' -d '{"title":"New"}' localhost:3000/articles/1`.
  */
+import type http from 'node:http';
 import path from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { createEngine, type Engine, type EngineOptions, type StoreSpec } from '../../lib';
@@ -107,9 +108,28 @@ export function createApp(options: AppOptions = {}): { app: express.Express; eng
   return { app, engine, articles, close: () => engine.close() };
 }
 
+/**
+ * Graceful shutdown: stop accepting connections, let requests in flight finish, then close the engine (its store
+ * connections), after which nothing is left to keep the process alive. Resolves when done.
+ */
+export async function shutdown(server: http.Server, close: () => Promise<void>): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeIdleConnections(); // keep-alive sockets with no request would hold server.close() open
+  await closed;
+  await close();
+}
+
 if (require.main === module) {
-  const { app } = createApp({ store: process.env.FRAGCACHE_STORE });
+  const { app, close } = createApp({ store: process.env.FRAGCACHE_STORE });
   const port = Number(process.env.PORT ?? 3000);
   const server = app.listen(port, '127.0.0.1', () => console.log(`fragcache example blog on http://127.0.0.1:${port}/`));
-  process.on('SIGTERM', () => server.close());
+  const stop = (signal: string) => {
+    console.log(`${signal}: shutting down`);
+    shutdown(server, close).catch((err) => {
+      console.error(err);
+      process.exitCode = 1;
+    });
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
 }

@@ -282,7 +282,7 @@ export class PageCache {
 
   /**
    * Drops every cached variant of a page (any host, any prefix, any Vary values) by writing a new version of
-   * its URL tag. The record lives {@link INVALIDATION_TTL_MS} (a page started before it and stored after it
+   * its URL tag. The record lives 24 hours (`INVALIDATION_TTL_MS`) (a page started before it and stored after it
    * sees it and is not stored); once it is gone, a missing record still invalidates every old entry.
    * Rejects on store failure.
    */

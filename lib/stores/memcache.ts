@@ -15,6 +15,7 @@ import KeyvMemcache from '@keyv/memcache';
 import { decodeEntries, encodeEntry, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import type { Store, StoreWrite } from '../store';
+import { checkParams, numberParam } from './params';
 
 /** Options of {@link MemcacheStore}. */
 export interface MemcacheStoreOptions {
@@ -223,6 +224,7 @@ export function memcacheFromUrl(url: string, options: Record<string, unknown> = 
     if (port === undefined && /:/.test(server.replace(/^\[.*\]/, ''))) throw new OptionError('store', url, `bad server "${server}": expected host:port`);
   }
   const q = new URLSearchParams(m[2] ?? '');
-  const timeoutMs = options.timeoutMs ?? (q.has('timeout') ? Number(q.get('timeout')) : undefined);
+  checkParams(url, q, ['timeout']);
+  const timeoutMs = options.timeoutMs ?? numberParam(q, 'timeout', 'milliseconds');
   return new MemcacheStore(m[1], { ...(options as MemcacheStoreOptions), timeoutMs: timeoutMs as number | undefined });
 }

@@ -22,6 +22,7 @@ import { LRUCache } from 'lru-cache';
 import { decodeEntries, encodeEntry, type Entry } from '../entry';
 import { OptionError, StoreIntegrityError } from '../errors';
 import type { Store, StoreWrite } from '../store';
+import { booleanParam, checkParams, numberParam } from './params';
 
 /** Options of {@link RedisStore} (also accepted as query parameters of the URL, e.g. `?connectTimeout=500`). */
 export interface RedisStoreOptions {
@@ -62,6 +63,7 @@ interface RedisLike {
   masters?: unknown[];
   destroy?(): void;
   close?(): Promise<void>;
+  unref?(): void;
   quit?(): Promise<unknown>;
 }
 
@@ -123,6 +125,9 @@ export class RedisStore implements Store {
   private l1Seq = 0;
   private subscriber: RedisLike | undefined;
   private readonly channel: string;
+  /** The connection attempts in flight (close() waits for them, see {@link shutDown}). */
+  private attempt: (() => Promise<void>) & { start?(): void } = async () => undefined;
+  private subAttempt: () => Promise<void> = async () => undefined;
 
   constructor(connect: string | Record<string, unknown>, options: RedisStoreOptions = {}) {
     const connectTimeout = positive('connectTimeout', options.connectTimeout, 1000);
@@ -171,6 +176,7 @@ export class RedisStore implements Store {
     const client = (keyv.store as { client: RedisLike }).client;
     this.current = keyv;
     this.currentClient = client;
+    this.attempt = trackAttempts(client);
     client.on('error', (err) => {
       if (client !== this.currentClient) return;
       this.lastError = err as Error;
@@ -201,6 +207,7 @@ export class RedisStore implements Store {
    * start-up (or after a reset) is not needlessly uncached.
    */
   private connect(client: RedisLike): void {
+    this.attempt.start?.();
     let settle!: () => void;
     const attempt = new Promise<void>((r) => (settle = r));
     this.firstAttempt = attempt;
@@ -260,6 +267,7 @@ export class RedisStore implements Store {
   private subscribe(onError?: (err: Error) => void): void {
     const sub = (this.client as unknown as { duplicate(): RedisLike & { subscribe(ch: string, fn: (m: string) => void): Promise<void> } }).duplicate();
     this.subscriber = sub;
+    this.subAttempt = trackAttempts(sub);
     const down = () => {
       if (sub !== this.subscriber) return; // a replaced subscriber's last events
       this.l1Live = false;
@@ -456,32 +464,68 @@ export class RedisStore implements Store {
     if (this.closed) return;
     this.closed = true;
     this.l1Live = false;
+    await Promise.all([this.subscriber ? shutDown(this.subscriber, this.subAttempt) : undefined, shutDown(this.client, this.attempt)]);
+  }
+}
+
+/**
+ * Watches a client's socket being opened: the returned function resolves once no socket is being opened (at once
+ * when none is). Opening runs from `connect()` or `reconnecting` to `connect` (the socket is open: node-redis holds
+ * it and can destroy it) or `error`; a connect timeout bounds it.
+ */
+function trackAttempts(client: RedisLike): (() => Promise<void>) & { start(): void } {
+  let done: (() => void) | undefined;
+  let inFlight: Promise<void> | undefined;
+  const start = () => {
+    if (!inFlight) inFlight = new Promise<void>((r) => (done = r));
+  };
+  const end = () => {
+    inFlight = undefined;
+    done?.();
+  };
+  start();
+  client.on('reconnecting', start);
+  client.on('connect', end);
+  client.on('ready', end);
+  client.on('error', end);
+  // start: a reset connects the same client again (no 'reconnecting' event then).
+  return Object.assign(async () => inFlight, { start });
+}
+
+/**
+ * Closes a node-redis client whatever its state. Destroying a client while its socket is still being opened does
+ * not stop that socket (node-redis has no handle on it yet): it would connect afterwards and keep the process
+ * alive. So wait until the socket is open or has failed (at most the connect timeout), then close or destroy it;
+ * then unref, so that nothing this client might still open can hold the process.
+ */
+async function shutDown(client: RedisLike, attempt: () => Promise<void>): Promise<void> {
+  await attempt();
+  const destroy = () => {
     try {
-      this.subscriber?.destroy?.();
+      client.destroy?.();
     } catch {
       // already closed
     }
-    const client = this.client;
-    const destroy = () => {
-      try {
-        client.destroy?.();
-      } catch {
-        // already closed
-      }
-    };
-    // A graceful close waits for every pending reply: on a connection out of step or stalled, they never come.
-    // Whatever its state, close() resolves within CLOSE_GRACE_MS.
+  };
+  // A graceful close waits for every pending reply: on a connection out of step or stalled they never come, so
+  // it gets CLOSE_GRACE_MS, then the connection is destroyed.
+  let timer: NodeJS.Timeout | undefined;
+  try {
     const graceful = client.isReady ? (client.close?.() ?? client.quit?.()) : undefined;
-    if (!graceful) return destroy();
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), CLOSE_GRACE_MS)));
-    try {
+    if (!graceful) destroy();
+    else {
+      const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), CLOSE_GRACE_MS)));
       if ((await Promise.race([graceful, late])) === 'late') destroy();
-    } catch {
-      destroy();
-    } finally {
-      clearTimeout(timer);
     }
+  } catch {
+    destroy();
+  } finally {
+    clearTimeout(timer);
+  }
+  try {
+    client.unref?.();
+  } catch {
+    // cluster and sentinel clients have no unref: their close above suffices
   }
 }
 
@@ -501,11 +545,12 @@ export function redisFromUrl(url: string, options: Record<string, unknown> = {})
     if (!/^\/?\d*$/.test(parsed.pathname)) throw new OptionError('store', url, 'the path must be a database number, as in redis://host:6379/2');
   }
   const q = parsed.searchParams;
+  checkParams(url, q, ['connectTimeout', 'maxBackoffMs', 'l1']);
   const opts: RedisStoreOptions = {
     ...(options as RedisStoreOptions),
-    connectTimeout: (options.connectTimeout as number | undefined) ?? (q.has('connectTimeout') ? (q.get('connectTimeout') as unknown as number) : undefined),
-    maxBackoffMs: (options.maxBackoffMs as number | undefined) ?? (q.has('maxBackoffMs') ? (q.get('maxBackoffMs') as unknown as number) : undefined),
-    l1: (options.l1 as RedisStoreOptions['l1']) ?? (q.has('l1') ? !['0', 'false', 'no'].includes(q.get('l1')!) : undefined),
+    connectTimeout: (options.connectTimeout as number | undefined) ?? numberParam(q, 'connectTimeout', 'milliseconds'),
+    maxBackoffMs: (options.maxBackoffMs as number | undefined) ?? numberParam(q, 'maxBackoffMs', 'milliseconds'),
+    l1: (options.l1 as RedisStoreOptions['l1']) ?? booleanParam(q, 'l1'),
   };
   q.delete('l1');
   q.delete('connectTimeout');
