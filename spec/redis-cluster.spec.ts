@@ -19,8 +19,9 @@ describeWith(need(redis, true), 'Redis Cluster (private 3-master cluster)', () =
 
   it('fixed: caches (the first connection no longer waits for a "ready" a cluster client never emits), and invalidates across slots', async () => {
     const p = uniquePrefix('cl');
-    const a = createEngine({ views: [], store: store(), prefix: p });
-    const b = createEngine({ views: [], store: store(), prefix: p });
+    // A generous budget: this is about correctness across slots; a loaded machine must not add timeouts of its own.
+    const a = createEngine({ views: [], store: store(), prefix: p, timeout: 1000 });
+    const b = createEngine({ views: [], store: store(), prefix: p, timeout: 1000 });
     const errors: Error[] = [];
     a.on('error', (e) => errors.push(e));
     b.on('error', (e) => errors.push(e));
