@@ -4,7 +4,7 @@
  * store reports a fresh connection, whichever comes first).
  *
  * A call abandoned over budget whose reply never comes (a stuck or out-of-step connection) makes the guard ask
- * the store to replace that connection ({@link Store.reset}); so does a reply under the wrong key at once.
+ * the store to replace that connection (`Store.reset`); so does a reply under the wrong key at once.
  * @module
  */
 import { StoreError, StoreIntegrityError, StoreTimeoutError } from './errors';
@@ -127,7 +127,7 @@ export class StoreGuard {
   }
 
   /**
-   * An abandoned call whose reply has still not come {@link STUCK_AFTER_MS} later: the connection is stuck or out
+   * An abandoned call whose reply has still not come `STUCK_AFTER_MS` later: the connection is stuck or out
    * of step (a reply lost or swallowed), so the store replaces it. One whose late reply does come was merely
    * slow (a loaded machine, a busy server): its connection is kept, so a latency spike does not turn into
    * reconnects that fail every other call in flight.
