@@ -17,7 +17,7 @@ import path from 'node:path';
 import net from 'node:net';
 import { createClient } from '@redis/client';
 import { createEngine, type Engine } from '../lib/engine';
-import { decodeEntry } from '../lib/entry';
+import { decodeEntry, type Entry } from '../lib/entry';
 import type { RedisStore } from '../lib/stores/redis';
 import { formatNs, measure, ratio, summarise, type Summary } from './support/harness';
 import { freePort } from '../spec/support/servers';
@@ -67,7 +67,7 @@ async function main(): Promise<void> {
     // (no tag-version checks counted, so the ratio is conservative).
     const perFragment = async () => {
       let html = '<ul>';
-      for (const k of keys) html += decodeEntry(await raw.get(k))!.body;
+      for (const k of keys) html += (decodeEntry(await raw.get(k), k) as Entry).body;
       return html + '</ul>';
     };
     if ((await perFragment()) !== expected) bad = true;

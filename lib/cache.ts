@@ -136,7 +136,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.prefix = prefix;
     this.version = String(version);
     this.base = `${prefix}:${this.version}:`;
-    this.guard = new StoreGuard(store.kind, options.guard);
+    this.guard = new StoreGuard(store, options.guard);
     store.reportTo?.((err) => this.report(err));
     this.errorInterval = options.errorInterval ?? 10_000;
     this.events = options.events ?? this;

@@ -44,7 +44,7 @@ export interface EngineOptions {
   nunjucks?: nunjucks.ConfigureOptions;
   /** Reload templates when they change (Nunjucks `watch`-free `noCache`; for development). */
   noCache?: boolean;
-  /** Time budget and circuit breaker of store calls (default 100 ms budget, 3 failures, retry after 1 s). */
+  /** Time budget and circuit breaker of store calls (default 100 ms budget, 3 failures, retry after 0.5 s). */
   timeout?: number;
   /**
    * Longest time a render waits for a fragment that another render in this process is producing (single-flight),

@@ -76,6 +76,12 @@ export class StoreError extends FragcacheError {
 /** A store operation took longer than its time budget (`timeout`). */
 export class StoreTimeoutError extends StoreError {}
 
+/**
+ * A store replied with an entry written under another key than the one asked for: the connection is out of
+ * step (a garbled reply, a faulty proxy). The entry is not served; the store drops that connection.
+ */
+export class StoreIntegrityError extends StoreError {}
+
 /** A value cannot be part of a cache key (a function, a symbol, a cyclic object). */
 export class KeyError extends FragcacheError {}
 

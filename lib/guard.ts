@@ -1,9 +1,14 @@
 /**
  * Time budget and circuit breaker around store calls: a dead or slow store costs at most `timeout` per
- * call, then nothing at all while the circuit is open, and is tried again `retryAfter` later.
+ * call, then nothing at all while the circuit is open, and is tried again `retryAfter` later (or as soon as the
+ * store reports a fresh connection, whichever comes first).
+ *
+ * A call abandoned over budget whose reply never comes (a stuck or out-of-step connection) makes the guard ask
+ * the store to replace that connection (`Store.reset`); so does a reply under the wrong key at once.
  * @module
  */
-import { StoreError, StoreTimeoutError } from './errors';
+import { StoreError, StoreIntegrityError, StoreTimeoutError } from './errors';
+import type { Store } from './store';
 
 /** Options of the store guard (engine options `timeout`, `breaker`). */
 export interface GuardOptions {
@@ -11,29 +16,50 @@ export interface GuardOptions {
   timeout?: number;
   /** Consecutive failures that open the circuit (default 3). */
   failures?: number;
-  /** How long the circuit stays open before one call is let through to probe the store, in ms (default 1000). */
+  /**
+   * How long the circuit stays open before one call is let through to probe the store, in ms (default 500). A
+   * store that reports a fresh connection (Redis) is probed at once, without waiting this long.
+   */
   retryAfter?: number;
 }
 
 type State = 'closed' | 'open' | 'probing';
 
+/** How long after its budget an abandoned call may still get its reply before its connection is replaced. */
+export const STUCK_AFTER_MS = 400;
+
 /** Runs store calls under a time budget and a circuit breaker. */
 export class StoreGuard {
   readonly timeout: number;
+  private readonly storeKind: string;
+  private readonly store: Pick<Store, 'reset' | 'onReady'> | undefined;
   private readonly maxFailures: number;
   private readonly retryAfter: number;
   private state: State = 'closed';
   private failures = 0;
   private openedAt = 0;
 
+  /** `store`: the guarded store (its `reset` and `onReady` are used), or just its kind (a name for messages). */
   constructor(
-    private readonly storeKind: string,
+    store: string | Pick<Store, 'kind' | 'reset' | 'onReady'>,
     options: GuardOptions = {},
     private readonly now: () => number = Date.now,
   ) {
+    this.storeKind = typeof store === 'string' ? store : store.kind;
+    this.store = typeof store === 'string' ? undefined : store;
     this.timeout = options.timeout ?? 100;
     this.maxFailures = options.failures ?? 3;
-    this.retryAfter = options.retryAfter ?? 1000;
+    this.retryAfter = options.retryAfter ?? 500;
+    this.store?.onReady?.(() => this.probeSoon());
+  }
+
+  /** Grows whenever the store reports a fresh connection. */
+  private connection = 0;
+
+  /** A fresh connection is up: let the next call probe it now rather than after the rest of `retryAfter`. */
+  probeSoon(): void {
+    this.connection++;
+    if (this.state === 'open') this.openedAt = this.now() - this.retryAfter;
   }
 
   /** True while calls are refused without trying the store. */
@@ -55,9 +81,11 @@ export class StoreGuard {
       throw new StoreError(`${this.storeKind} store is being probed after failures`, this.storeKind, operation);
     }
     let timer: NodeJS.Timeout | undefined;
+    const connection = this.connection;
+    const pending = Promise.resolve().then(call);
     try {
       const result = await Promise.race([
-        Promise.resolve().then(call),
+        pending,
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () => reject(new StoreTimeoutError(`${this.storeKind} store: ${operation} took more than ${timeout} ms`, this.storeKind, operation)),
@@ -70,6 +98,14 @@ export class StoreGuard {
       this.state = 'closed';
       return result;
     } catch (err) {
+      if (err instanceof StoreIntegrityError) this.reset(err);
+      else if (err instanceof StoreTimeoutError && this.store?.reset) this.resetIfStuck(pending, err);
+      // A call that failed on a connection since replaced by a fresh one (a reset rejects the calls still on the
+      // old one) says nothing about the new connection: it does not count towards opening the circuit.
+      if (connection !== this.connection && !(err instanceof StoreTimeoutError)) {
+        if (err instanceof StoreError) throw err;
+        throw new StoreError(`${this.storeKind} store: ${operation} failed: ${(err as Error)?.message ?? err}`, this.storeKind, operation, { cause: err });
+      }
       this.failures++;
       if (this.state === 'probing' || this.failures >= this.maxFailures) {
         this.state = 'open';
@@ -80,5 +116,28 @@ export class StoreGuard {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  private reset(err: unknown): void {
+    try {
+      this.store?.reset?.(err);
+    } catch {
+      // a store's reset must not throw; if it does, the breaker still counts the failure
+    }
+  }
+
+  /**
+   * An abandoned call whose reply has still not come `STUCK_AFTER_MS` later: the connection is stuck or out
+   * of step (a reply lost or swallowed), so the store replaces it. One whose late reply does come was merely
+   * slow (a loaded machine, a busy server): its connection is kept, so a latency spike does not turn into
+   * reconnects that fail every other call in flight.
+   */
+  private resetIfStuck(pending: Promise<unknown>, err: StoreTimeoutError): void {
+    let settled = false;
+    pending.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    setTimeout(() => settled || this.reset(err), Math.max(STUCK_AFTER_MS, 4 * this.timeout)).unref?.();
   }
 }

@@ -788,6 +788,8 @@ export class RenderSession {
     const deadline = Date.now() + this.lockWaitMs;
     let delay = 1;
     while (waiting.length && Date.now() < deadline) {
+      // The store is failing (circuit open): the winner cannot deliver through it, so do not wait for it.
+      if (waiting.every((s) => s.cache.guard.isOpen)) break;
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 1.5, 20, Math.max(1, this.lockWaitMs / 100));
       const still: Spec[] = [];

@@ -60,6 +60,17 @@ export interface Store {
    * (they run inside a render) reports their failures through it, so they reach the `error` event.
    */
   reportTo?(report: (err: unknown) => void): void;
+  /**
+   * Optional: drops the connection and opens a new one, because replies on it can no longer be trusted (a call
+   * abandoned over the time budget, a reply for another key, a protocol error). The cache calls it after a
+   * timeout; the store calls it itself on what it detects. Must not throw; cheap to call again.
+   */
+  reset?(reason: unknown): void;
+  /**
+   * Optional: the cache hands the store a function to call whenever a connection becomes ready again (after a
+   * reconnect), so an open circuit may be probed at once instead of after `retryAfter`.
+   */
+  onReady?(fn: () => void): void;
   close(): Promise<void>;
 }
 

@@ -234,7 +234,7 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
 
   test('keys shows progress on a terminal only', async () => {
     // Enough keys that a scan takes a while; written as real entries under the prefix.
-    const many = Array.from({ length: 3000 }, (_, i) => [`${prefix}:1:k:=s4:n${String(i).padStart(3, '0')}`, encodeEntry({ body: 'v', created: Date.now(), expires: null })] as [string, string]);
+    const many = Array.from({ length: 3000 }, (_, i) => [`${prefix}:1:k:=s4:n${String(i).padStart(3, '0')}`, encodeEntry({ body: 'v', created: Date.now(), expires: null }, `${prefix}:1:k:=s4:n${String(i).padStart(3, '0')}`)] as [string, string]);
     await client.mSet(many);
     const tty = await run(['keys', 'nothing-matches-this'], { cwd: dir, tty: true });
     expect(tty.code).toBe(0);

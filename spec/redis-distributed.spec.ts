@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { createClient } from '@redis/client';
 import { createEngine, createStore, type Engine } from '../lib';
+import { decodeEntry, encodeEntry, type Entry } from '../lib/entry';
 import type { RedisStore } from '../lib/stores/redis';
 import { describeWith, need, privateRedis, redis, uniquePrefix, until, type TestServer } from './support/servers';
 
@@ -162,7 +163,7 @@ describeWith(need(redis, true), 'Redis: round trips and stampedes (private serve
     await a.renderString(PAGE, { v: 'x' });
     expect(await a.renderString(PAGE, { v: 'y' })).toBe(expectedPage('x'));
     // A tag version changes without a message (as if the message were lost): written behind the store's back.
-    await admin.set(`${p}:tag:v/item/=n7;`, 'fc1{"created":1,"expires":null}\nchanged');
+    await admin.set(`${p}:tag:v/item/=n7;`, encodeEntry({ body: 'changed', created: 1, expires: null }, `${p}:tag:v/item/=n7;`));
     const start = Date.now();
     let html = '';
     while (!html.includes('[7:z]') && Date.now() - start < 3000) html = await a.renderString(PAGE, { v: 'z' }); // no yield
@@ -207,7 +208,7 @@ describeWith(need(redis, true), 'Redis: round trips and stampedes (private serve
     const key = (await admin.keys(`${p}:*`)).find((k) => !k.includes(':tag:'))!;
     await until('the entry to expire', async () => {
       const raw = await admin.get(key);
-      return raw !== null && JSON.parse(raw.slice(3, raw.indexOf('\n'))).expires < Date.now();
+      return raw !== null && (decodeEntry(raw, key) as Entry).expires! < Date.now();
     }, 3000, 50);
     await admin.set(`${key}#lock`, 'someone-else', { PX: 5000 });
     const t0 = Date.now();

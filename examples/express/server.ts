@@ -8,7 +8,7 @@
 import type http from 'node:http';
 import path from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { createEngine, type Engine, type StoreSpec } from '../../lib';
+import { createEngine, type Engine, type EngineOptions, type StoreSpec } from '../../lib';
 import { cachePage } from '../../lib/express';
 import { Articles, USERS } from './articles';
 
@@ -25,15 +25,16 @@ export interface AppOptions {
   store?: StoreSpec;
   /** Key prefix (tests use a unique one on shared stores). */
   prefix?: string;
-  /** Time budget of each store call in ms (the engine's `timeout`). */
-  timeout?: number;
+  /** Time budget and circuit breaker of store calls (tests tune them). */
+  timeout?: EngineOptions['timeout'];
+  breaker?: EngineOptions['breaker'];
   /** The users of the cookie session (default: alice and bob). Load tests bring many. */
   users?: Record<string, (typeof USERS)[string]>;
 }
 
 /** Builds the app. Tests drive it over HTTP; `close()` waits for invalidations and closes the stores. */
 export function createApp(options: AppOptions = {}): { app: express.Express; engine: Engine; articles: Articles; close(): Promise<void> } {
-  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout });
+  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout, breaker: options.breaker });
   const articles = new Articles();
   const users = options.users ?? USERS;
   // Saving an article drops its card, its cached body and its cached pages (all tagged `article:<id>`).

@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import Keyv, { type KeyvStoreAdapter } from 'keyv';
-import { decodeEntry, encodeEntry, type Entry } from '../entry';
+import { decodeEntries, encodeEntry, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import type { Store, StoreWrite } from '../store';
 
@@ -93,11 +93,11 @@ export class KeyvStore implements Store {
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
     if (!keys.length) return [];
     const raw = (this.clash(keys) ? await Promise.all(keys.map((k) => this.keyv.get(k))) : await this.keyv.getMany([...keys])) as unknown[];
-    return raw.map((r) => (r === undefined || r === null ? undefined : decodeEntry(r)));
+    return decodeEntries(raw, keys, 'keyv');
   }
 
   async setMany(writes: readonly StoreWrite[]): Promise<void> {
-    const results = await Promise.all(writes.map((w) => this.keyv.set(w.key, encodeEntry(w.entry), w.ttlMs ?? undefined)));
+    const results = await Promise.all(writes.map((w) => this.keyv.set(w.key, encodeEntry(w.entry, w.key), w.ttlMs ?? undefined)));
     if (results.some((ok) => ok === false)) throw new Error('the store refused a write');
   }
 

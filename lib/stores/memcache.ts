@@ -12,7 +12,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import KeyvMemcache from '@keyv/memcache';
-import { decodeEntry, encodeEntry, type Entry } from '../entry';
+import { decodeEntries, encodeEntry, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import type { Store, StoreWrite } from '../store';
 import { checkParams, numberParam } from './params';
@@ -27,6 +27,7 @@ export interface MemcacheStoreOptions {
 
 /** The memjs client calls this store uses (promise forms). */
 interface MemjsClient {
+  servers: { error(err: Error): void }[];
   get(key: string): Promise<{ value: Buffer | null }>;
   set(key: string, value: string, options: { expires?: number }): Promise<boolean>;
   add(key: string, value: string, options: { expires?: number }): Promise<boolean>;
@@ -117,13 +118,38 @@ export class MemcacheStore implements Store {
   }
 
   private async fetch(keys: readonly string[], gens: Map<string, string>): Promise<(Entry | undefined)[]> {
-    const got = await Promise.allSettled(keys.map((k) => this.client.get(this.realKey(k, gens.get(MemcacheStore.namespace(k))!))));
+    const real = keys.map((k) => this.realKey(k, gens.get(MemcacheStore.namespace(k))!));
+    const got = await Promise.allSettled(real.map((k) => this.client.get(k)));
     // With several servers, one that is down costs its own keys only: they read as misses (and are reported).
     const failed = got.find((g): g is PromiseRejectedResult => g.status === 'rejected');
     if (failed && got.every((g) => g.status === 'rejected')) throw failed.reason;
     if (failed) this.reporter?.(failed.reason);
-    return got.map((g) => (g.status === 'fulfilled' && g.value.value ? decodeEntry(g.value.value.toString('utf8')) : undefined));
+    const raws = got.map((g) => (g.status === 'fulfilled' && g.value.value ? g.value.value.toString('utf8') : undefined));
+    try {
+      return decodeEntries(raws, real, 'memcache');
+    } catch (err) {
+      this.reset(err);
+      throw err;
+    }
   }
+
+  /**
+   * Drops every server connection (memjs reconnects on the next request): called when a reply cannot be trusted
+   * (a reply for another key, a call abandoned over the cache's time budget). Pending requests are rejected.
+   */
+  reset(_reason?: unknown): void {
+    this.resets++;
+    for (const server of this.client.servers ?? []) {
+      try {
+        server.error(new Error('fragcache: connection reset (a reply could not be trusted)'));
+      } catch {
+        // nothing to drop
+      }
+    }
+  }
+
+  /** Connections dropped by {@link reset} so far. */
+  resets = 0;
 
   private reporter: ((err: unknown) => void) | undefined;
 
@@ -135,7 +161,10 @@ export class MemcacheStore implements Store {
     if (!writes.length) return;
     const gens = await this.gens(writes.map((w) => w.key));
     const ok = await Promise.all(
-      writes.map((w) => this.client.set(this.realKey(w.key, gens.get(MemcacheStore.namespace(w.key))!), encodeEntry(w.entry), { expires: memcacheExpiry(w.ttlMs) })),
+      writes.map((w) => {
+        const real = this.realKey(w.key, gens.get(MemcacheStore.namespace(w.key))!);
+        return this.client.set(real, encodeEntry(w.entry, real), { expires: memcacheExpiry(w.ttlMs) });
+      }),
     );
     if (ok.some((x) => !x)) throw new Error('memcached refused a write');
   }
@@ -143,7 +172,8 @@ export class MemcacheStore implements Store {
   /** Native ADD: atomic across processes. */
   async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
     const gens = await this.gens([key]);
-    return this.client.add(this.realKey(key, gens.get(MemcacheStore.namespace(key))!), encodeEntry(entry), { expires: memcacheExpiry(ttlMs) });
+    const real = this.realKey(key, gens.get(MemcacheStore.namespace(key))!);
+    return this.client.add(real, encodeEntry(entry, real), { expires: memcacheExpiry(ttlMs) });
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {

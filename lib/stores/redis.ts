@@ -8,14 +8,19 @@
  *
  * Keyv's own get/set are bypassed (its serializer would wrap entries in JSON, and `Keyv.set` reports success
  * for failed writes): commands go to the client directly. Keys are written verbatim (`prefix:version:…`).
+ *
+ * A connection that may be out of step is replaced, never reused: node-redis matches replies to commands by
+ * position, so after one garbled reply (its parser resets but keeps the socket) every reply would answer the
+ * command before. A protocol error, a reply for another key (see `decodeEntries`) or a call abandoned by the
+ * cache's time budget make the store open a new client and destroy the old one ({@link RedisStore.reset}).
  * @module
  */
 import { randomBytes } from 'node:crypto';
 import { createKeyv } from '@keyv/redis';
 import type Keyv from 'keyv';
 import { LRUCache } from 'lru-cache';
-import { decodeEntry, encodeEntry, type Entry } from '../entry';
-import { OptionError } from '../errors';
+import { decodeEntries, encodeEntry, type Entry } from '../entry';
+import { OptionError, StoreIntegrityError } from '../errors';
 import type { Store, StoreWrite } from '../store';
 import { booleanParam, checkParams, numberParam } from './params';
 
@@ -23,7 +28,7 @@ import { booleanParam, checkParams, numberParam } from './params';
 export interface RedisStoreOptions {
   /** Longest wait for a TCP connection, ms (default 1000). */
   connectTimeout?: number;
-  /** Cap of the reconnect backoff, ms (default 1000): the store is back at most this long after Redis is. */
+  /** Cap of the reconnect backoff, ms (default 500): the store is back at most this long (plus up to 50 ms of jitter) after Redis is. */
   maxBackoffMs?: number;
   /** Extra node-redis client options (merged over fragcache's; `socket` is merged too). */
   client?: Record<string, unknown>;
@@ -70,6 +75,9 @@ const UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call(
 /** Lengthens a key's TTL, never shortens it, never touches a key without one (PEXPIRE … GT, before Redis 7 too). */
 const EXTEND = "local t = redis.call('pttl', KEYS[1]) if t >= 0 and t < tonumber(ARGV[1]) then redis.call('pexpire', KEYS[1], ARGV[1]) end return t";
 
+/** Longest wait of close() for pending replies before the connection is destroyed. */
+const CLOSE_GRACE_MS = 500;
+
 /** Escapes glob characters of SCAN MATCH, so a prefix matches only itself. */
 function globEscape(s: string): string {
   return s.replace(/[*?[\]\\]/g, '\\$&');
@@ -90,12 +98,29 @@ function positive(option: string, v: unknown, fallback: number): number {
 export class RedisStore implements Store {
   readonly kind = 'redis';
   readonly shared = true;
-  /** The Keyv made by `createKeyv` (for users who want Keyv's API over the same connection). */
-  readonly keyv: Keyv;
-  /** The node-redis client (standalone, cluster or sentinel). */
-  readonly client: RedisLike;
+  /** The Keyv made by `createKeyv` (for users who want Keyv's API over the same connection); replaced by {@link reset}. */
+  get keyv(): Keyv {
+    return this.current;
+  }
+  /** The node-redis client (standalone, cluster or sentinel); replaced by {@link reset}. */
+  get client(): RedisLike {
+    return this.currentClient;
+  }
+  private current!: Keyv;
+  private currentClient!: RedisLike;
   private readonly cluster: boolean;
+  /** Neither Cluster nor Sentinel: one connection, which a reset reconnects in place. */
+  private readonly standalone: boolean;
   private closed = false;
+  /** How the client is made (kept to open a fresh one on {@link reset}). */
+  private readonly spec: Record<string, unknown>;
+  private readonly namespace: string;
+  private readonly onError: ((err: Error) => void) | undefined;
+  /** True from a reset until its new connection is ready or has failed once. */
+  private resetting = false;
+  /** Connections replaced so far (for tests and inspection). */
+  resets = 0;
+  private readyListeners: (() => void)[] = [];
   /** Last connection error, for messages. */
   lastError: Error | undefined;
   private readonly l1: LRUCache<string, Entry> | undefined;
@@ -106,12 +131,12 @@ export class RedisStore implements Store {
   private subscriber: RedisLike | undefined;
   private readonly channel: string;
   /** The connection attempts in flight (close() waits for them, see {@link shutDown}). */
-  private attempt: () => Promise<void> = async () => undefined;
+  private attempt: (() => Promise<void>) & { start?(): void } = async () => undefined;
   private subAttempt: () => Promise<void> = async () => undefined;
 
   constructor(connect: string | Record<string, unknown>, options: RedisStoreOptions = {}) {
     const connectTimeout = positive('connectTimeout', options.connectTimeout, 1000);
-    const maxBackoff = positive('maxBackoffMs', options.maxBackoffMs, 1000);
+    const maxBackoff = positive('maxBackoffMs', options.maxBackoffMs, 500);
     // Never give up: capped exponential backoff with jitter, so a fleet does not reconnect in lockstep.
     const reconnectStrategy = (retries: number) => Math.min(50 * 2 ** Math.min(retries, 10), maxBackoff) + Math.floor(Math.random() * 50);
     const base = { disableOfflineQueue: true, socket: { connectTimeout, reconnectStrategy } };
@@ -130,26 +155,11 @@ export class RedisStore implements Store {
       spec = { ...base, ...connect, socket: { ...base.socket, ...((connect.socket as object) ?? {}) } };
     }
     this.cluster = connect !== null && typeof connect === 'object' && connect.rootNodes !== undefined;
-    this.keyv = createKeyv(spec as never, { namespace: options.namespace ?? 'fragcache', throwOnConnectError: false });
-    // Keyv and the adapter re-emit errors: handle them too, so none is ever unhandled.
-    this.keyv.on('error', () => undefined);
-    (this.keyv.store as { on?: (e: string, f: () => void) => void }).on?.('error', () => undefined);
-    this.client = (this.keyv.store as { client: RedisLike }).client;
-    this.client.on('error', (err) => {
-      this.lastError = err as Error;
-      options.onError?.(err as Error);
-    });
-    // Connect now; with reconnectStrategy it keeps trying in the background. Commands meanwhile fail fast,
-    // except during the very first attempt: they wait for it (under the cache's time budget), so the first
-    // render after start-up is not needlessly uncached.
-    let settle!: () => void;
-    this.firstAttempt = new Promise<void>((r) => (settle = r));
-    this.client.on('ready', settle);
-    this.client.on('error', settle);
-    void this.firstAttempt.then(() => (this.firstAttempt = undefined));
-    // A cluster or sentinel client emits no 'ready': its connect() resolving ends the first attempt too.
-    this.client.connect().then(settle, (err: Error) => ((this.lastError = err), settle()));
-    this.attempt = trackAttempts(this.client);
+    this.standalone = !this.cluster && !(typeof connect === 'object' && connect.sentinelRootNodes !== undefined);
+    this.spec = spec;
+    this.namespace = options.namespace ?? 'fragcache';
+    this.onError = options.onError;
+    this.open();
     this.channel = `${options.namespace ?? 'fragcache'}:l1`;
     if (options.l1) {
       const o = options.l1 === true ? {} : options.l1;
@@ -162,20 +172,131 @@ export class RedisStore implements Store {
     }
   }
 
+  /** Makes a client, attaches its listeners and starts connecting it (at construction; on a reset of a Cluster or Sentinel). */
+  private open(): void {
+    const keyv = createKeyv(this.spec as never, { namespace: this.namespace, throwOnConnectError: false });
+    // Keyv and the adapter re-emit errors: handle them too, so none is ever unhandled.
+    keyv.on('error', () => undefined);
+    (keyv.store as { on?: (e: string, f: () => void) => void }).on?.('error', () => undefined);
+    const client = (keyv.store as { client: RedisLike }).client;
+    this.current = keyv;
+    this.currentClient = client;
+    this.attempt = trackAttempts(client);
+    client.on('error', (err) => {
+      if (client !== this.currentClient) return;
+      this.lastError = err as Error;
+      this.onError?.(err as Error);
+      this.settleAttempt?.();
+      // A socket error comes with isReady false (node-redis reconnects by itself, with a clean queue); an error
+      // while the connection is still "ready" is a reply it could not parse: the queue is out of step now.
+      if (client.isReady === true) this.reset(err);
+    });
+    // Cluster: node clients report through 'node-error'; an unparsable reply leaves that node out of step.
+    client.on('node-error', (err) => {
+      if (client === this.currentClient && /RESP|pars/i.test((err as Error)?.message ?? '')) this.reset(err);
+    });
+    client.on('ready', () => {
+      if (client !== this.currentClient) return;
+      this.settleAttempt?.();
+      for (const fn of this.readyListeners) fn();
+    });
+    this.connect(client);
+  }
+
+  /** Ends the current connection attempt (the first one, or a reset's): commands stop waiting for it. */
+  private settleAttempt: (() => void) | undefined;
+
+  /**
+   * Connects; with reconnectStrategy it keeps trying in the background. Commands meanwhile fail fast, except
+   * during this first attempt: they wait for it (under the cache's time budget), so the first render after
+   * start-up (or after a reset) is not needlessly uncached.
+   */
+  private connect(client: RedisLike): void {
+    this.attempt.start?.();
+    let settle!: () => void;
+    const attempt = new Promise<void>((r) => (settle = r));
+    this.firstAttempt = attempt;
+    this.settleAttempt = settle;
+    void attempt.then(() => {
+      if (this.firstAttempt === attempt) this.firstAttempt = undefined;
+      if (client === this.currentClient) this.resetting = false;
+    });
+    // A cluster or sentinel client emits no 'ready': its connect() resolving ends the attempt too.
+    client.connect().then(
+      () => {
+        settle();
+        if (client === this.currentClient && !this.standalone) for (const fn of this.readyListeners) fn();
+      },
+      (err: Error) => {
+        if (client === this.currentClient) this.lastError = err;
+        settle();
+      },
+    );
+  }
+
+  /**
+   * Drops the connection and opens a new one: the replies on it can no longer be trusted (a reply it could not
+   * parse, a reply for another key, a call abandoned over the time budget). Commands still waiting on the old
+   * one are rejected. A no-op while a reset is already under way, or while node-redis is reconnecting by itself
+   * (a socket that failed is replaced with a clean queue anyway). Never throws.
+   *
+   * A standalone client is destroyed and connected again (the same object: making a node-redis client costs
+   * hundreds of ms of CPU the first times); a Cluster or Sentinel client is replaced by a new one.
+   */
+  reset(reason?: unknown): void {
+    if (this.closed || this.resetting) return;
+    const old = this.currentClient;
+    if (old.isReady === false) return;
+    this.resetting = true;
+    this.resets++;
+    if (reason instanceof Error) this.lastError = reason;
+    if (this.l1) {
+      this.l1.clear(); // filled from a connection that was out of step
+      this.l1Seq++;
+    }
+    try {
+      old.destroy?.(); // rejects every command still waiting on it
+    } catch {
+      // already closed
+    }
+    if (this.standalone) this.connect(old);
+    else this.open();
+  }
+
+  /** Calls `fn` whenever a (re)connection becomes ready: the cache's breaker may then probe at once. */
+  onReady(fn: () => void): void {
+    this.readyListeners.push(fn);
+  }
+
   /** A second connection subscribed to the invalidation channel; the L1 is live only while it is. */
   private subscribe(onError?: (err: Error) => void): void {
     const sub = (this.client as unknown as { duplicate(): RedisLike & { subscribe(ch: string, fn: (m: string) => void): Promise<void> } }).duplicate();
     this.subscriber = sub;
     this.subAttempt = trackAttempts(sub);
     const down = () => {
+      if (sub !== this.subscriber) return; // a replaced subscriber's last events
       this.l1Live = false;
       this.l1!.clear();
     };
-    sub.on('error', (err) => (down(), onError?.(err as Error)));
+    sub.on('error', (err) => {
+      if (sub !== this.subscriber) return;
+      down();
+      onError?.(err as Error);
+      // A reply it could not parse (still "ready"): messages may be lost or garbled from now on; start afresh.
+      if (sub.isReady === true && !this.closed) {
+        try {
+          sub.destroy?.();
+        } catch {
+          // already closed
+        }
+        this.subscribe(onError);
+      }
+    });
     sub.on('end', down);
     sub.on('reconnecting', down);
     // node-redis resubscribes after a reconnect; messages sent meanwhile were lost, so start from empty.
     sub.on('ready', () => {
+      if (sub !== this.subscriber) return;
       this.l1!.clear();
       this.l1Seq++;
       this.l1Live = true;
@@ -241,8 +362,16 @@ export class RedisStore implements Store {
     }
     await this.connected();
     const seq = this.l1Seq;
-    const raw = this.cluster ? await Promise.all(rest.map((k) => this.client.get(k))) : await this.client.mGet(rest);
-    const got = raw.map((r) => (r === null || r === undefined ? undefined : decodeEntry(r)));
+    const client = this.client;
+    const raw = this.cluster ? await Promise.all(rest.map((k) => client.get(k))) : await client.mGet(rest);
+    let got: (Entry | undefined)[];
+    try {
+      if (!Array.isArray(raw)) throw new StoreIntegrityError(`redis store: a read got ${typeof raw} instead of a list (the connection is out of step)`, 'redis', 'getMany');
+      got = decodeEntries(raw, rest, 'redis');
+    } catch (err) {
+      if (client === this.client) this.reset(err);
+      throw err;
+    }
     if (!l1 || !out) return got;
     // Fill the L1 only when no invalidation arrived while the read was in flight (it may predate it).
     const fill = seq === this.l1Seq && this.l1Live;
@@ -259,13 +388,17 @@ export class RedisStore implements Store {
   async setMany(writes: readonly StoreWrite[]): Promise<void> {
     // Commands sent in one tick go out as one pipeline (one round trip), and work across cluster slots.
     await this.connected();
-    await Promise.all(writes.map((w) => this.client.set(w.key, encodeEntry(w.entry), w.ttlMs ? { PX: Math.max(1, Math.ceil(w.ttlMs)) } : undefined)));
+    const client = this.client;
+    const replies = await Promise.all(writes.map((w) => client.set(w.key, encodeEntry(w.entry, w.key), w.ttlMs ? { PX: Math.max(1, Math.ceil(w.ttlMs)) } : undefined)));
+    for (const r of replies) if (r !== 'OK') this.outOfStep(client, 'setMany', r);
     await this.publish(writes.map((w) => w.key), 'write');
   }
 
   async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
     await this.connected();
-    const r = await this.client.set(key, encodeEntry(entry), ttlMs ? { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) } : { NX: true });
+    const client = this.client;
+    const r = await client.set(key, encodeEntry(entry, key), ttlMs ? { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) } : { NX: true });
+    if (r !== 'OK' && r !== null) this.outOfStep(client, 'add', r);
     if (r === 'OK') await this.publish([key], 'write');
     return r === 'OK';
   }
@@ -319,7 +452,9 @@ export class RedisStore implements Store {
   async lock(key: string, ttlMs: number): Promise<string | undefined> {
     await this.connected();
     const token = randomBytes(12).toString('base64url');
-    const r = await this.client.set(key, token, { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) });
+    const client = this.client;
+    const r = await client.set(key, token, { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) });
+    if (r !== 'OK' && r !== null) this.outOfStep(client, 'lock', r);
     return r === 'OK' ? token : undefined;
   }
 
@@ -334,10 +469,14 @@ export class RedisStore implements Store {
   async time(): Promise<number> {
     if (this.noTime || typeof this.client.time !== 'function') return Date.now();
     await this.connected();
+    const client = this.client;
     try {
-      const [sec, usec] = await this.client.time!();
-      return Number(sec) * 1000 + Number(usec) / 1000;
+      const reply = await client.time!();
+      const ms = Array.isArray(reply) ? Number(reply[0]) * 1000 + Number(reply[1]) / 1000 : NaN;
+      if (!Number.isFinite(ms)) this.outOfStep(client, 'time', reply);
+      return ms;
     } catch (err) {
+      if (err instanceof StoreIntegrityError) throw err;
       if (!/^(ERR|NOPERM)\b/.test(String((err as Error)?.message))) throw err;
       this.noTime = true;
       return Date.now();
@@ -347,12 +486,23 @@ export class RedisStore implements Store {
   /** One `EXISTS` per key, sent in one tick (one pipeline). */
   async locked(keys: readonly string[]): Promise<boolean[]> {
     await this.connected();
-    return (await Promise.all(keys.map((k) => this.client.exists(k)))).map((n) => n > 0);
+    const client = this.client;
+    const replies = await Promise.all(keys.map((k) => client.exists(k)));
+    return replies.map((n) => (typeof n === 'number' ? n > 0 : this.outOfStep(client, 'locked', n)));
   }
 
   /** Deletes the lock only if `token` still owns it (compare-and-delete in one Lua script). */
   async unlock(key: string, token: string): Promise<void> {
-    await this.client.eval(UNLOCK, { keys: [key], arguments: [token] });
+    const client = this.client;
+    const r = await client.eval(UNLOCK, { keys: [key], arguments: [token] });
+    if (r !== 0 && r !== 1) this.outOfStep(client, 'unlock', r);
+  }
+
+  /** A reply of the wrong kind for its command: the connection is out of step. Resets it and throws. */
+  private outOfStep(client: RedisLike, operation: string, reply: unknown): never {
+    const err = new StoreIntegrityError(`redis store: ${operation} got an unexpected reply (${typeof reply === 'string' ? JSON.stringify(reply.slice(0, 20)) : typeof reply}): the connection is out of step; reconnecting`, 'redis', operation);
+    if (client === this.client) this.reset(err);
+    throw err;
   }
 
   async close(): Promise<void> {
@@ -368,7 +518,7 @@ export class RedisStore implements Store {
  * when none is). Opening runs from `connect()` or `reconnecting` to `connect` (the socket is open: node-redis holds
  * it and can destroy it) or `error`; a connect timeout bounds it.
  */
-function trackAttempts(client: RedisLike): () => Promise<void> {
+function trackAttempts(client: RedisLike): (() => Promise<void>) & { start(): void } {
   let done: (() => void) | undefined;
   let inFlight: Promise<void> | undefined;
   const start = () => {
@@ -383,7 +533,8 @@ function trackAttempts(client: RedisLike): () => Promise<void> {
   client.on('connect', end);
   client.on('ready', end);
   client.on('error', end);
-  return async () => inFlight;
+  // start: a reset connects the same client again (no 'reconnecting' event then).
+  return Object.assign(async () => inFlight, { start });
 }
 
 /**
@@ -394,16 +545,27 @@ function trackAttempts(client: RedisLike): () => Promise<void> {
  */
 async function shutDown(client: RedisLike, attempt: () => Promise<void>): Promise<void> {
   await attempt();
-  try {
-    if (client.isReady && client.close) await client.close();
-    else if (client.isReady && client.quit) await client.quit();
-    else client.destroy?.();
-  } catch {
+  const destroy = () => {
     try {
       client.destroy?.();
     } catch {
       // already closed
     }
+  };
+  // A graceful close waits for every pending reply: on a connection out of step or stalled they never come, so
+  // it gets CLOSE_GRACE_MS, then the connection is destroyed.
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const graceful = client.isReady ? (client.close?.() ?? client.quit?.()) : undefined;
+    if (!graceful) destroy();
+    else {
+      const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), CLOSE_GRACE_MS)));
+      if ((await Promise.race([graceful, late])) === 'late') destroy();
+    }
+  } catch {
+    destroy();
+  } finally {
+    clearTimeout(timer);
   }
   try {
     client.unref?.();

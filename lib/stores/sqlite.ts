@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type Database from 'better-sqlite3';
-import { decodeEntry, encodeEntry, type Entry } from '../entry';
+import { decodeEntries, encodeEntry, type Entry } from '../entry';
 import { MissingDependencyError, OptionError } from '../errors';
 import type { Store, StoreWrite, SyncStore } from '../store';
 import { checkParams } from './params';
@@ -105,12 +105,12 @@ export class SqliteStore implements Store {
     this.sync = {
       get: safe((key: string) => {
         const raw = this.q.get.get(key, Date.now()) as string | undefined;
-        return raw === undefined ? undefined : decodeEntry(raw);
+        return raw === undefined ? undefined : decodeEntries([raw], [key], 'sqlite')[0];
       }, undefined),
       set: safe((key: string, entry: Entry, ttlMs: number | null) => this.put(key, entry, ttlMs), undefined),
       add: safe((key: string, entry: Entry, ttlMs: number | null) => {
         const now = Date.now();
-        return this.q.add.run(key, encodeEntry(entry), ttlMs === null ? null : now + ttlMs, now).changes > 0;
+        return this.q.add.run(key, encodeEntry(entry, key), ttlMs === null ? null : now + ttlMs, now).changes > 0;
       }, false),
       delete: safe((key: string) => void this.q.del.run(key), undefined),
     };
@@ -125,7 +125,7 @@ export class SqliteStore implements Store {
 
   private put(key: string, entry: Entry, ttlMs: number | null): void {
     if (ttlMs !== null && ttlMs <= 0) return;
-    this.q.set.run(key, encodeEntry(entry), ttlMs === null ? null : Date.now() + ttlMs);
+    this.q.set.run(key, encodeEntry(entry, key), ttlMs === null ? null : Date.now() + ttlMs);
     if (++this.writes % this.pruneEvery === 0) this.prune();
   }
 
@@ -135,10 +135,8 @@ export class SqliteStore implements Store {
   }
 
   async getMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
-    return keys.map((k) => {
-      const raw = this.q.get.get(k, Date.now()) as string | undefined;
-      return raw === undefined ? undefined : decodeEntry(raw);
-    });
+    const now = Date.now();
+    return decodeEntries(keys.map((k) => this.q.get.get(k, now)), keys, 'sqlite');
   }
 
   async setMany(writes: readonly StoreWrite[]): Promise<void> {
@@ -147,7 +145,7 @@ export class SqliteStore implements Store {
 
   async add(key: string, entry: Entry, ttlMs: number | null): Promise<boolean> {
     const now = Date.now();
-    return this.q.add.run(key, encodeEntry(entry), ttlMs === null ? null : now + ttlMs, now).changes > 0;
+    return this.q.add.run(key, encodeEntry(entry, key), ttlMs === null ? null : now + ttlMs, now).changes > 0;
   }
 
   async deleteMany(keys: readonly string[]): Promise<void> {
