@@ -5,4 +5,5 @@ module.exports = {
   testMatch: ['**/*.spec.ts'],
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json'}] },
   testTimeout: 20000,
+  setupFiles: ['<rootDir>/spec/support/setup-env.ts'],
 };

@@ -39,10 +39,14 @@ export interface LeakGuard {
 }
 
 /** Defaults applied: `warn`, or `off` when `NODE_ENV` is `production`. */
-export function leakGuardOf(option: LeakGuardMode | LeakGuardOptions | undefined, env = process.env.NODE_ENV): LeakGuard {
+export function leakGuardOf(option: LeakGuardMode | LeakGuardOptions | undefined, env = process.env.NODE_ENV, override = process.env.FRAGCACHE_LEAK_GUARD): LeakGuard {
   const o: LeakGuardOptions = typeof option === 'string' ? { mode: option } : (option ?? {});
   if (typeof o !== 'object' || o === null) throw new OptionError('leakGuard', option, 'expected "warn", "error", "off" or { mode, shared }');
-  const mode = o.mode ?? (env === 'production' ? 'off' : 'warn');
+  // FRAGCACHE_LEAK_GUARD sets the default mode for a whole process (e.g. "error" in CI); an explicit mode wins.
+  if (override !== undefined && override !== '' && !['warn', 'error', 'off'].includes(override)) {
+    throw new OptionError('FRAGCACHE_LEAK_GUARD', override, 'expected "warn", "error" or "off"');
+  }
+  const mode = o.mode ?? ((override || undefined) as LeakGuardMode | undefined) ?? (env === 'production' ? 'off' : 'warn');
   if (!['warn', 'error', 'off'].includes(mode)) throw new OptionError('leakGuard.mode', o.mode, 'expected "warn", "error" or "off"');
   if (o.shared !== undefined && (!Array.isArray(o.shared) || !o.shared.every((s) => typeof s === 'string' && s.length > 0))) {
     throw new OptionError('leakGuard.shared', o.shared, 'expected a list of variable names, e.g. ["site", "nav"]');

@@ -12,7 +12,7 @@ const BIN = path.join(ROOT, 'dist', 'cli', 'index.js');
 
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const k of ['FRAGCACHE_STORE', 'NO_COLOR', 'FORCE_COLOR']) delete env[k];
+  for (const k of ['FRAGCACHE_STORE', 'FRAGCACHE_LEAK_GUARD', 'NO_COLOR', 'FORCE_COLOR']) delete env[k];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';

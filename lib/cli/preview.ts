@@ -65,7 +65,6 @@ export async function preview(template: string, options: PreviewOptions): Promis
   const engine = await openEngine(config);
   // A store that fails mid-render never fails the preview; say so once, on stderr.
   engine.on('error', (e) => process.stderr.write(`${err.yellow('warning')}: ${e.message}\n`));
-  engine.on('warning', (w) => process.stderr.write(`${err.yellow('warning')}: ${w.message}\n`));
   // Long repeats: the first runs and the last one in full, then a summary of the repeat runs.
   const shown = (run: number) => run <= 5 || run === repeat;
   const times: number[] = [];

@@ -95,7 +95,6 @@ export async function serve(options: ServeOptions): Promise<void> {
   const engine: Engine = await openEngine(config, { noCache: true });
   const log = colorsFor(process.stderr);
   engine.on('error', (e) => process.stderr.write(`${log.yellow('warning')}: ${e.message}\n`));
-  engine.on('warning', (w) => process.stderr.write(`${log.yellow('warning')}: ${w.message}\n`));
   const clients = new Set<http.ServerResponse>();
   /** Renders in progress: a change waits for them, so none stores what changed after the cache was emptied. */
   const inflight = new Set<Promise<unknown>>();
