@@ -177,7 +177,13 @@ export class CacheExtension {
       blocks.length ? new nodes.Array(line, col, blocks.map(lit)) : lit(null),
       lit(compiling ?? null),
     ]);
-    return new nodes.CallExtension(this, 'run', args, [body]);
+    // Macros and imports at the top of the body define names for what follows the tag too. On a hit the body does not
+    // run, so they are moved ahead of it: defined on a hit as on a miss, as in plain Nunjucks (they output nothing).
+    const hoisted = body.children.filter((c: any) => (c instanceof nodes.Macro && !(c instanceof nodes.Caller)) || c instanceof nodes.Import || c instanceof nodes.FromImport);
+    const call = new nodes.CallExtension(this, 'run', args, [body]);
+    if (!hoisted.length) return call;
+    body.children = body.children.filter((c: any) => !hoisted.includes(c));
+    return new nodes.NodeList(line, col, [...hoisted, call]);
   }
 
   /** A bare identifier (letters, digits, `_ - . :`) or a string literal, taken literally. */
