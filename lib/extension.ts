@@ -95,6 +95,21 @@ export class CacheExtension {
   }
 
   parse(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
+    const first = parser.peekToken();
+    try {
+      return this.parseTag(parser, nodes, lexer);
+    } catch (err) {
+      // Some Nunjucks parse errors (a tag or string left open up to the end of the template) carry no position: give
+      // them the tag's, so that every error names the file, line and column.
+      const e = err as { lineno?: number; message?: string };
+      if (first && err instanceof (nunjucks.lib as unknown as { TemplateError: new (...a: unknown[]) => Error }).TemplateError && e.lineno === undefined) {
+        parser.fail(`${e.message} (in the cache tag opened here: a tag or a string is not closed)`, first.lineno, first.colno);
+      }
+      throw err;
+    }
+  }
+
+  private parseTag(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
     ownNames.add((this as { __name?: string }).__name ?? 'FragmentCache');
     const tok = parser.nextToken();
     const at = (t: { lineno: number; colno: number }) => [t.lineno, t.colno] as const;
