@@ -3,7 +3,8 @@
  *
  * Vary values are written in a typed, self-delimiting encoding (every item says its type, strings say
  * their length), so the encoding of a tuple is injective: `1` and `"1"`, `null`, `"null"` and
- * `undefined`, `["a:","b"]` and `["a",":b"]`, `["a","b"]` and `["a:b"]` all differ. Short printable
+ * `undefined`, `["a:","b"]` and `["a",":b"]`, `["a","b"]` and `["a:b"]` all differ, and so do markup (a SafeString) and
+ * text, and a String object and a string. Short printable
  * encodings go into the key as they are (readable in `fragcache keys`); anything long or with spaces,
  * control characters or non-ASCII is replaced by its SHA-256, so stored keys have a bounded length and
  * values that come from users cannot be shaped to collide. The two forms start with different markers
