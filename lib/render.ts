@@ -90,6 +90,8 @@ interface Frame {
   noStore: boolean;
   /** Length of {@link RenderSession.done} when the fragment opened: the fragments that completed before it. */
   mark: number;
+  /** {@link RenderSession.valueDepth} when it opened. */
+  vd: number;
 }
 
 /**
@@ -107,6 +109,9 @@ interface Done {
   /** Something inside it cannot be tracked. */
   noStore?: boolean;
 }
+
+/** Most earlier fragments one body may be tied to by {@link RenderSession.tieEarlier}; past it, the body is not stored. */
+const MAX_TIED = 256;
 
 const escapeHtml = (nunjucks.lib as unknown as { escape(s: string): string }).escape;
 
@@ -213,8 +218,13 @@ export class RenderSession {
   private readonly versions = new Map<string, string>();
   private readonly wanted = new Map<string, Spec>();
   private readonly stack: Frame[] = [];
-  /** Fragments completed in the current pass, in order (see {@link tieEarlier}). */
+  /** Fragments completed in the current pass whose output was kept in a value, in order (see {@link tieEarlier}). */
   private readonly done: Done[] = [];
+  /**
+   * How many constructs whose output becomes a value (a macro or `call` body, a `set` capture or filter block,
+   * `super()`) are being evaluated now; the extension marks their start and end.
+   */
+  private valueDepth = 0;
   /** Tag versions of uncached fragments' own tags, to read before the next pass (remote stores). */
   private readonly wantedTags = new Map<FragmentCache, Set<string>>();
   /** Tag versions that could not be read (store down): fragments depending on them are not stored. */
@@ -291,6 +301,7 @@ export class RenderSession {
     this.passCount++;
     this.wanted.clear();
     this.done.length = 0;
+    this.valueDepth = 0;
     this.trace = this.tracing ? [] : undefined;
     try {
       return fn();
@@ -363,7 +374,7 @@ export class RenderSession {
     const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
     if (r.kind === 'hit') {
       this.inherit(spec.cache, r.entry.tags);
-      this.done.push({ out: r.entry.body, cache: spec.cache, tags: r.entry.tags });
+      if (this.inValue()) this.done.push({ out: r.entry.body, cache: spec.cache, tags: r.entry.tags });
       if (traced) {
         // Rendered by this render in an earlier pass: a miss, with what was rendered inside it then. Rendered
         // earlier in this same pass (the fragment repeats): served from that, a hit, as on a same-tick store.
@@ -374,7 +385,7 @@ export class RenderSession {
       }
       return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
-    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store, mark: this.done.length };
+    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store, mark: this.done.length, vd: this.valueDepth };
     // Values computed earlier in this pass (a `set` capture, a macro's result) may hold the empty output of a
     // fragment that was still unknown: then this body's output is provisional too.
     const tainted = this.wanted.size > 0;
@@ -410,7 +421,7 @@ export class RenderSession {
     for (const [k, v] of frame.deps) own.set(k, v);
     const tags = tagPairs(own);
     this.inherit(spec.cache, tags);
-    this.done.push({ out: this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out, cache: spec.cache, tags, noStore: frame.noStore });
+    if (this.inValue()) this.done.push({ out: this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out, cache: spec.cache, tags, noStore: frame.noStore });
     const now = Date.now();
     const entry: Entry = {
       body: flatten(this.annotating ? unannotate(out) : out),
@@ -448,7 +459,7 @@ export class RenderSession {
     const traced = this.trace ? { name: block.name, vary: spec.vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.depth } : undefined;
     if (traced) this.trace!.push(traced);
     // A frame of its own collects what renders inside it, for the fragment around it and for later ones (see tieEarlier).
-    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: false, mark: this.done.length };
+    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: false, mark: this.done.length, vd: this.valueDepth };
     this.stack.push(frame);
     this.depth++;
     let out: string;
@@ -472,8 +483,25 @@ export class RenderSession {
     }
     if (traced) Object.assign(traced, { ms: performance.now() - started, size: out.length });
     const html = this.annotating ? annotate(block.name, 'uncached', Date.now(), out) : out;
-    this.done.push({ out: html, cache: spec.cache, tags: tagPairs(frame.deps), own: spec, noStore: frame.noStore });
+    if (this.inValue()) this.done.push({ out: html, cache: spec.cache, tags: tagPairs(frame.deps), own: spec, noStore: frame.noStore });
     return new SafeString(html);
+  }
+
+  /** The start and the end of a construct whose output becomes a value (see {@link valueDepth}). */
+  enterValue(): void {
+    this.valueDepth++;
+  }
+  leaveValue(): void {
+    if (this.valueDepth > 0) this.valueDepth--;
+  }
+
+  /**
+   * True when output completed now is kept in a value started inside the innermost open fragment (or outside any):
+   * it may be printed later, elsewhere. Output printed in place goes into the fragment around it, which inherits it.
+   */
+  private inValue(): boolean {
+    const top = this.stack[this.stack.length - 1];
+    return this.valueDepth > (top ? top.vd : 0);
   }
 
   /**
@@ -508,14 +536,19 @@ export class RenderSession {
    * Ties a cached body to the fragments that completed in this pass before it began and whose output may be in it.
    * Nunjucks evaluates some content ahead of where it is output: `super()` before the block body, a `set` capture or a
    * macro's or `caller()`'s result before the body that prints it. Those fragments did not render inside this frame,
-   * so they were not inherited. Rule: every such fragment whose output occurs in this body's output (as it is,
-   * HTML-escaped or trimmed; empty output always) is a dependency. Output that reaches the body transformed otherwise
+   * so they were not inherited. Rule: every such fragment that completed inside a value (see {@link inValue}) and whose
+   * output occurs in this body's output (as it is, HTML-escaped or trimmed; empty output always) is a dependency. Output that reaches the body transformed otherwise
    * (`| upper`, `| truncate`…) is not recognised: see docs/russian-doll.md.
    */
   private tieEarlier(frame: Frame, out: string): void {
+    let tied = 0;
     for (let i = 0; i < frame.mark; i++) {
       const d = this.done[i];
       if (!mayContain(out, d.out)) continue;
+      if (++tied > MAX_TIED) {
+        frame.noStore = true; // bounded work and entry size: rendered every time rather than tied to hundreds
+        return;
+      }
       if (d.cache !== frame.cache) {
         frame.noStore = true;
         continue;
