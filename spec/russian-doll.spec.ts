@@ -153,3 +153,28 @@ for (const kind of ['memory', 'sqlite', 'redis'] as const) {
     });
   });
 }
+
+describe('tying earlier output stays bounded', () => {
+  test('fragments printed in place in a loop do not depend on each other; identical outputs kept in values stop at 256 ties (rendered, not stored)', async () => {
+    const e = await engineFor('memory', {
+      'list.njk': '<% cache 60 page %><% for i in range(500) %><% cache 60 item i tags=["item:" ~ i] %>.<% endcache %><% endfor %><% endcache %>',
+      'macro.njk': '<% macro m(i) %><% cache 60 c i %>.<% endcache %><% endmacro %><% for i in range(400) %>{{ m(i) }}<% cache 60 d i %>.<% endcache %><% endfor %>',
+    });
+    const started = performance.now();
+    expect(await e.render('list.njk')).toBe('.'.repeat(500));
+    const explained = await e.explain('list.njk');
+    expect(explained.fragments[0]).toMatchObject({ name: 'page', status: 'hit' });
+    // Invalidating one item drops the page, not the other items.
+    await e.invalidateTag('item:7');
+    const after = await e.explain('list.njk');
+    expect(after.fragments.filter((f) => f.status === 'miss').map((f) => f.name)).toEqual(['page', 'item']);
+    expect(await e.render('macro.njk')).toBe('..'.repeat(400));
+    expect(await e.render('macro.njk')).toBe('..'.repeat(400));
+    // d(i) shows c(0)…c(i), kept in macro values, with the same text: tied to i + 1 of them, stored up to 256.
+    const stores = e.cache.stats().fragments.d.stores;
+    expect(stores).toBeGreaterThanOrEqual(250);
+    expect(stores).toBeLessThanOrEqual(260);
+    // Far from the seconds a quadratic tie would take (2000 items took 117 s); generous for a loaded machine.
+    expect(performance.now() - started).toBeLessThan(15_000);
+  });
+});
