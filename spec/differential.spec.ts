@@ -433,7 +433,7 @@ afterAll(async () => {
 });
 
 // A few hundred cases in all (DIFF_CASES=2000 for a longer run).
-const N = Number(process.env.DIFF_CASES ?? 120);
+const N = Number(process.env.DIFF_CASES ?? 100);
 
 describe('differential: fragcache vs plain Nunjucks on random templates', () => {
   test(`memory store, ${N} seeded templates`, () => run('memory', 1, N), 120_000);
