@@ -12,13 +12,17 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
 import { parseTtl, type Ttl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { FragcacheError, OptionError, StoreError } from './errors';
+import { createdVersion, invalidationVersion, StoreClock } from './fencing';
 import { StoreGuard, type GuardOptions } from './guard';
 import { encodeValue, hash, nameTag, userTag, variantTag } from './keys';
 import type { Store, StoreWrite } from './store';
+import type { FragcacheWarning } from './warnings';
+
+/** How long the record written by an invalidation lives (7 days): see {@link FragmentCache.bumpTags}. */
+export const BUMP_TTL_MS = 7 * 24 * 60 * 60 * 1000;
 
 /** Options of {@link FragmentCache}. */
 export interface CacheOptions {
@@ -44,6 +48,11 @@ export interface Counters {
   stores: number;
   stale: number;
   errors: number;
+  /**
+   * Fragments rendered but not stored because their data was loaded before one of their tags was invalidated
+   * (the render's `since` is older than the invalidation): storing them would bring old content back.
+   */
+  fenced: number;
 }
 
 /** Options of the low-level `set`/`wrap`. */
@@ -71,8 +80,12 @@ export interface CacheEvents {
   miss: [FragmentEvent];
   stale: [FragmentEvent];
   store: [FragmentEvent];
+  /** A fragment was shown but not stored: its data was loaded before one of its tags was invalidated. */
+  fenced: [FragmentEvent];
   invalidate: [{ kind: 'name' | 'variant' | 'tag' | 'key' | 'clear'; target: string }];
   error: [FragcacheError];
+  /** Something wrong with a template that does not fail renders: see {@link FragcacheWarning}. */
+  warning: [FragcacheWarning];
 }
 
 interface Deferred {
@@ -92,10 +105,6 @@ function deferred(): Deferred {
   return { promise, resolve, reject };
 }
 
-function newVersion(): string {
-  return randomBytes(9).toString('base64url');
-}
-
 /** The cache over one store. Created by `createEngine` (as `engine.cache`) or directly. */
 export class FragmentCache extends EventEmitter<CacheEvents> {
   readonly store: Store;
@@ -107,11 +116,13 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   /** Fragments and values being produced in this process right now (single-flight). */
   readonly inflight = new Map<string, Deferred>();
   private readonly counters = new Map<string, Counters>();
-  private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 };
+  private readonly total: Counters = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 };
   private readonly errorInterval: number;
   private readonly lastReported = new Map<string, number>();
   /** The emitter events go to (this cache, or the engine that owns it). */
   readonly events: EventEmitter<CacheEvents>;
+  /** Offset to the store's clock, in which invalidation times are stamped (see `fencing.ts`). */
+  readonly clock: StoreClock;
 
   constructor(store: Store, options: CacheOptions = {}) {
     super();
@@ -129,6 +140,23 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     store.reportTo?.((err) => this.report(err));
     this.errorInterval = options.errorInterval ?? 10_000;
     this.events = options.events ?? this;
+    this.clock = new StoreClock(store.time ? () => store.time!() : undefined);
+  }
+
+  /**
+   * Store key of the time of the latest invalidation of this prefix (any tag). A tag record found missing may
+   * have been evicted after an invalidation: the version that replaces it carries this time, which is not
+   * earlier than any invalidation it may hide (see `fencing.ts`). Missing itself: no invalidation known (the
+   * record is the most used of all, read with every new tag and written with every invalidation, so an LRU
+   * store evicts it last).
+   */
+  get lastInvalidationKey(): string {
+    return `${this.prefix}:tag:last`;
+  }
+
+  private static lastTime(e: Entry | undefined): number {
+    const n = e ? Number(e.body) : 0;
+    return Number.isFinite(n) ? n : 0;
   }
 
   // ---------------------------------------------------------------- keys and tags
@@ -173,22 +201,30 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     return tags.map(userTag);
   }
 
-  /** Reads tag versions; creates the missing ones (with `add`, so a concurrent invalidation wins). */
-  async tagVersions(tagKeys: readonly string[]): Promise<Map<string, string>> {
+  /**
+   * Reads tag versions; creates the missing ones (with `add`, so a concurrent invalidation wins). A created
+   * record lives `ttlMs` (`null`: until evicted): give the longest lifetime of the entries that will carry it,
+   * so that traffic leaves no permanent key (a record that expires only makes its entries misses).
+   */
+  async tagVersions(tagKeys: readonly string[], ttlMs: number | null = null): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     if (!tagKeys.length) return out;
     const sync = this.store.sync;
     if (sync) {
+      // In-process: bounded by the store's LRU, so the records need no TTL (and keep their compact form).
       for (const k of tagKeys) out.set(k, this.tagVersionSync(k));
       return out;
     }
-    const found = await this.guard.run('getMany', () => this.store.getMany(tagKeys));
+    // The store's TTL bounds the record, not `expires`: writes of longer-lived entries extend it (writeMany).
+    const record = (body: string): Entry => ({ body, created: Date.now(), expires: null });
+    const found = await this.guard.run('getMany', () => this.store.getMany([...tagKeys, this.lastInvalidationKey]));
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
+    const last = FragmentCache.lastTime(found[tagKeys.length]);
     await Promise.all(
       missing.map(async (k) => {
-        const v = newVersion();
-        const added = await this.guard.run('add', () => this.store.add(k, { body: v, created: Date.now(), expires: null }, null));
+        const v = createdVersion(last);
+        const added = await this.guard.run('add', () => this.store.add(k, record(v), ttlMs));
         if (added) out.set(k, v);
         else {
           // Someone created it first (maybe an invalidation): use theirs.
@@ -197,7 +233,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
           else {
             // The key holds something unreadable (garbage, another format version) or vanished since: replace it
             // with a new version. Safe: no entry carries a version that was never readable, so none revives.
-            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: { body: v, created: Date.now(), expires: null }, ttlMs: null }]));
+            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: record(v), ttlMs }]));
             out.set(k, v);
           }
         }
@@ -211,7 +247,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     const sync = this.store.sync!;
     const e = sync.get(tagKey);
     if (e) return e.body;
-    const v = newVersion();
+    const v = createdVersion(FragmentCache.lastTime(sync.get(this.lastInvalidationKey)));
     sync.set(tagKey, { body: v, created: Date.now(), expires: null }, null);
     return v;
   }
@@ -244,13 +280,32 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       for (const w of writes) this.store.sync.set(w.key, w.entry, w.ttlMs);
       return true;
     }
+    const extend = this.store.extend && this.tagExtensions(writes);
     try {
-      await this.guard.run('setMany', () => this.store.setMany(writes));
+      // The tag records the entries depend on live at least as long as they do (a record that expires first
+      // only makes them misses, but early). Failing to extend is reported, never fails the write.
+      const extended = extend?.length ? this.guard.run('extend', () => this.store.extend!(extend)).catch((err) => this.report(err)) : undefined;
+      await Promise.all([this.guard.run('setMany', () => this.store.setMany(writes)), extended]);
       return true;
     } catch (err) {
       this.report(err);
       return false;
     }
+  }
+
+  /** The tag records of the written entries, with the longest TTL of the entries carrying each (none: no expiry). */
+  private tagExtensions(writes: readonly StoreWrite[]): { key: string; ttlMs: number }[] {
+    const longest = new Map<string, number>();
+    // Page URL records carry their own expiry and are kept by the page cache itself: never extended here.
+    const urlRecords = [this.tagKey('p/'), this.tagKey('q/')];
+    for (const w of writes) {
+      const tags = w.entry.tags;
+      if (!tags || w.ttlMs === null) continue;
+      for (let i = 0; i < tags.length; i += 2) {
+        if (!urlRecords.some((u) => tags[i].startsWith(u))) longest.set(tags[i], Math.max(longest.get(tags[i]) ?? 0, w.ttlMs));
+      }
+    }
+    return [...longest].map(([key, ttlMs]) => ({ key, ttlMs }));
   }
 
   /** Reports a store error through the `error` event, at most once per `errorInterval` for the same message. */
@@ -273,7 +328,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.total[what]++;
     if (!name) return;
     let c = this.counters.get(name);
-    if (!c) this.counters.set(name, (c = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 }));
+    if (!c) this.counters.set(name, (c = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 }));
     c[what]++;
   }
 
@@ -446,7 +501,16 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   /** Writes new versions for tags: every entry stamped with an old one becomes a miss. Rejects on store failure. */
   async bumpTags(tagIds: readonly string[]): Promise<void> {
-    const writes = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: newVersion(), created: Date.now(), expires: null }, ttlMs: null }));
+    // Stamped with an upper bound of the store's time: renders whose data was loaded before it do not store. If
+    // the store cannot tell its time within the budget, this host's clock stands in (the invalidation matters more).
+    await this.clock.ready(this.guard.timeout);
+    const at = this.clock.upperSync();
+    // A TTL, so that invalidating a name never stored leaves no permanent key. Safe whatever its length: once
+    // the record is gone, every entry stamped with any version of the tag reads as invalid.
+    const writes: StoreWrite[] = tagIds.map((t) => ({ key: this.tagKey(t), entry: { body: invalidationVersion(at), created: Date.now(), expires: Date.now() + BUMP_TTL_MS }, ttlMs: BUMP_TTL_MS }));
+    // No TTL: it must outlive every tag record (one key per prefix). Not a compare-and-set: two invalidators racing
+    // may leave the earlier time; see lastInvalidationKey.
+    writes.push({ key: this.lastInvalidationKey, entry: { body: String(Math.ceil(at)), created: Date.now(), expires: null }, ttlMs: null });
     // Never the same-tick path, even on a same-tick store: its writes report failures instead of throwing, and an
     // invalidation that did not happen must reject.
     await this.guard.run('setMany', () => this.store.setMany(writes));

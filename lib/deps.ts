@@ -10,6 +10,7 @@ import path from 'node:path';
 import nunjucks from 'nunjucks';
 import { TemplateError } from './errors';
 import { CacheExtension } from './extension';
+import { declaredDeps } from './template-ast';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- Nunjucks' AST is untyped */
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -21,9 +22,10 @@ export interface DepNode {
   /**
    * `template` (the root), `extends`/`include`/`import` (a template it pulls in), `cache` (a fragment),
    * `dynamic` (an include whose name is an expression), `missing` (not found under the views),
-   * `cycle` (already on the path), `repeat` (already shown above).
+   * `cycle` (already on the path), `repeat` (already shown above), `declared` (a dependency the author declared
+   * with `deps=[…]` or a `Template Dependency:` comment: part of the digest, not followed here).
    */
-  kind: 'template' | 'extends' | 'include' | 'import' | 'cache' | 'dynamic' | 'missing' | 'cycle' | 'repeat';
+  kind: 'template' | 'extends' | 'include' | 'import' | 'cache' | 'dynamic' | 'missing' | 'cycle' | 'repeat' | 'declared';
   /** Template path (relative to its views folder), fragment name, or the expression of a dynamic include. */
   name: string;
   /** 1-based position in the template that contains it (absent on the root). */
@@ -70,8 +72,7 @@ export function dependencies(template: string, options: DepsOptions): DepNode {
     return undefined;
   };
 
-  const parse = (name: string, file: string): any => {
-    const src = readFileSync(file, 'utf8');
+  const parse = (name: string, src: string): any => {
     try {
       return parser.parse(src, [extension], { tags });
     } catch (err) {
@@ -86,7 +87,9 @@ export function dependencies(template: string, options: DepsOptions): DepNode {
   const expand = (name: string, stack: string[]): DepNode[] => {
     const file = find(name)!;
     const out: DepNode[] = [];
-    walk(parse(name, file), out, [...stack, name]);
+    const source = readFileSync(file, 'utf8');
+    for (const d of declaredDeps(source)) out.push({ kind: 'declared', name: d, children: [] });
+    walk(parse(name, source), out, [...stack, name]);
     return out;
   };
 
@@ -132,6 +135,7 @@ export function dependencies(template: string, options: DepsOptions): DepNode {
         children: [],
       };
       into.push(frag);
+      for (const d of (node.fragcache?.declared ?? []) as string[]) frag.children.push({ kind: 'declared', name: d, children: [] });
       walk(node.contentArgs, frag.children, stack);
       return;
     }

@@ -8,10 +8,14 @@ import path from 'node:path';
 import nunjucks from 'nunjucks';
 import { FragmentCache, type CacheEvents, type Counters } from './cache';
 import { AsyncTemplateError, FragcacheError, OptionError, TemplateError } from './errors';
+import { dependencies, type DepNode } from './deps';
 import { CacheExtension, compilingTemplate } from './extension';
 import type { GuardOptions } from './guard';
+import { leakGuardOf, type LeakGuardMode, type LeakGuardOptions } from './leakguard';
 import { RenderSession, SharedFailure, type FragmentTrace } from './render';
 import { createStore, type StoreSpec } from './stores';
+import { verifyLater } from './verify';
+import { emitProcessWarning, type FragcacheWarning } from './warnings';
 
 /** Options of {@link createEngine}. */
 export interface EngineOptions {
@@ -63,14 +67,53 @@ export interface EngineOptions {
   earlyRefresh?: number;
   breaker?: Omit<GuardOptions, 'timeout'>;
   /**
+   * Renders whose data-load time is not known (no `since`): output of a tag invalidated less than this many ms
+   * before the render started is stored only until the invalidation time plus this (default 1000). The same
+   * bound as invalidating again after this delay, without a second write. See docs/reliability.md.
+   */
+  unknownSinceWindow?: number;
+  /**
    * Most passes one render may take (default 32); each level of nested fragments that misses on a remote store
    * costs one. The last pass renders fragments whose keys are still unknown without caching them.
    */
   maxPasses?: number;
+  /**
+   * The leak guard (compile time only): `"warn"` (default outside production) reports a cache block whose body
+   * reads a variable none of its vary expressions mention, as a `warning` event; `"error"` fails the render (for
+   * CI); `"off"` (default when NODE_ENV=production) skips the analysis. `{ mode, shared: ['site', 'nav'] }` names
+   * variables that are the same for every request. See docs/leak-guard.md.
+   */
+  leakGuard?: LeakGuardMode | LeakGuardOptions;
+  /**
+   * Share of fragment hits (0…1, default 0) checked in the background: after the response, the page is rendered
+   * again without the cache and each sampled fragment's output compared with the stored body; a difference is
+   * reported (`warning`, kind `verify`) as a missing vary, and the entry is replaced with the fresh output. The
+   * response never waits for it. See docs/leak-guard.md.
+   */
+  verify?: number;
+  /**
+   * Reload templates when their files change (a chokidar watcher, closed by `close()`): the changed template and
+   * every template whose fragments' digests include it recompile, so exactly those fragments miss. (With
+   * `noCache`, every render recompiles anyway.) See docs/digests.md.
+   */
+  watch?: boolean;
+}
+
+/** Options of {@link Engine.render} and {@link Engine.renderString}. */
+export interface RenderOptions {
+  /**
+   * When the data in the context was loaded, or any time before (a `Date` or epoch ms): the start of the request
+   * is right. Output whose data was loaded before one of its tags was last invalidated is shown but not stored,
+   * so an invalidation that resolved is never undone by a request that loaded the old data just before it.
+   * Renders through `engine.express(app)` use the start of the request. Without it, see `unknownSinceWindow`.
+   */
+  since?: Date | number;
+  /** Name used in error messages (`renderString`; default `"(string)"`). */
+  name?: string;
 }
 
 /** Options of {@link Engine.explain}. */
-export interface ExplainOptions {
+export interface ExplainOptions extends Pick<RenderOptions, 'since'> {
   /**
    * Wrap each fragment's output in `<fragcache-fragment data-name data-status data-age>` (the CLI's
    * `?fragcache=debug` view). What is stored stays exactly what a normal render stores.
@@ -96,26 +139,61 @@ const ANGLE = { blockStart: '<%', blockEnd: '%>' };
  * environments, every compile error names the template it is in.
  */
 const engineEnvs = new WeakSet<object>();
+/** Per engine environment using the angle syntax: looks at each template's source as it is compiled. */
+const sourceChecks = new WeakMap<object, (path: string | undefined, source: unknown) => void>();
 {
-  type Tmpl = { env: object; path?: string; compiled?: boolean; compile(): void; __fragcache?: boolean };
+  type Tmpl = { env: object; path?: string; tmplStr?: unknown; compiled?: boolean; compile(): void; _compile(): void; __fragcache?: boolean };
   const proto = (nunjucks.Template as unknown as { prototype: Tmpl }).prototype;
   if (!proto.__fragcache) {
     const compile = proto.compile;
+    const _compile = proto._compile;
     const prettify = (nunjucks as unknown as { lib: { _prettifyError(path: string | undefined, withInternals: boolean, e: unknown): unknown } }).lib._prettifyError;
     proto.compile = function (this: Tmpl) {
       if (this.compiled) return compile.call(this);
-      const previous = compilingTemplate(this.path); // cache tags record where they are
       try {
         return compile.call(this);
       } catch (e) {
         throw engineEnvs.has(this.env) ? prettify(this.path, true, e) : e;
+      }
+    };
+    // Every compile (eager ones call _compile directly): cache tags record where they are, and resolve dependencies.
+    proto._compile = function (this: Tmpl) {
+      const previous = compilingTemplate({ path: this.path, env: this.env });
+      try {
+        return _compile.call(this);
       } finally {
         compilingTemplate(previous);
       }
     };
     proto.__fragcache = true;
   }
+  // Every compile, eager (getTemplate, new Template) or lazy, goes through _compile.
+  const inner = proto as unknown as { _compile(): void; __fragcacheSource?: boolean } & Tmpl;
+  if (!inner.__fragcacheSource) {
+    const _compile = inner._compile;
+    inner._compile = function (this: Tmpl & { _compile(): void }) {
+      sourceChecks.get(this.env)?.(this.path, this.tmplStr);
+      return _compile.call(this);
+    };
+    inner.__fragcacheSource = true;
+  }
 }
+
+/** 1-based line and column of an offset in a text. */
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  const before = text.slice(0, offset);
+  return { line: before.split('\n').length, column: offset - before.lastIndexOf('\n') };
+}
+
+/** Epoch ms of a `since` option; rejects what is not a time. */
+function sinceOf(since: Date | number | undefined): number | undefined {
+  if (since === undefined) return undefined;
+  const ms = since instanceof Date ? since.getTime() : since;
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) throw new OptionError('since', since, 'expected a Date or epoch milliseconds');
+  return ms;
+}
+
+const COUNTERS = ['hits', 'misses', 'stores', 'stale', 'errors', 'fenced'] as const;
 
 /** A pass whose callback had not come when it returned (see `Engine.settle`). */
 interface PendingPass {
@@ -126,8 +204,14 @@ interface PendingPass {
 // `(path) [Line l, Column c]`; the path may hold parentheses itself, as `(string)` does.
 const POSITION = /^\s*\((.+?)\)(?: \[Line (\d+), Column (\d+)\])?$/gm;
 
+/** Events of an {@link Engine}: those of its caches (`warning` included: see {@link FragcacheWarning}). */
+export type EngineEvents = CacheEvents;
+
+/** Nunjucks block tags: one of these after `{%` under the angle syntax is almost surely a template written for `{% %}`. */
+const CURLY_TAG = /\{%-?\s*(cache|endcache|if|elif|elseif|else|endif|for|endfor|block|endblock|extends|include|import|from|set|endset|macro|endmacro|call|endcall|filter|endfilter)\b/;
+
 /** The engine returned by {@link createEngine}. Emits the cache events of all its stores. */
-export class Engine extends EventEmitter<CacheEvents> {
+export class Engine extends EventEmitter<EngineEvents> {
   /** The Nunjucks Environment: add filters and globals here. */
   readonly env: nunjucks.Environment;
   /** The default cache (low-level API). */
@@ -137,7 +221,12 @@ export class Engine extends EventEmitter<CacheEvents> {
   readonly views: string[];
   private readonly maxPasses: number;
   private readonly waitTimeout: number;
-  private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number };
+  private readonly syntax: 'angle' | 'curly';
+  private readonly verify: number;
+  private readonly watcher: import('chokidar').FSWatcher | undefined;
+  private readonly lock: { lockMs: number; lockWaitMs: number; earlyRefresh: number; unknownSinceWindow: number };
+  /** @internal Only for the specs that show what fencing prevents: renders store whatever they produce. */
+  unfenced = false;
   private readonly resolve = (alias: string | undefined): FragmentCache | undefined =>
     alias === undefined ? (this.caches.get('fragments') ?? this.cache) : this.caches.get(alias);
 
@@ -148,18 +237,34 @@ export class Engine extends EventEmitter<CacheEvents> {
     if (options.syntax !== undefined && options.syntax !== 'angle' && options.syntax !== 'curly') {
       throw new OptionError('syntax', options.syntax, 'expected "angle" or "curly"');
     }
+    this.syntax = options.syntax ?? 'angle';
     this.maxPasses = options.maxPasses ?? 32;
     if (!Number.isInteger(this.maxPasses) || this.maxPasses < 1) throw new OptionError('maxPasses', options.maxPasses, 'expected a whole number >= 1');
-    for (const [name, value] of [['timeout', options.timeout], ['waitTimeout', options.waitTimeout], ['lockTimeout', options.lockTimeout], ['lockWait', options.lockWait]] as const) {
+    for (const [name, value] of [
+      ['timeout', options.timeout],
+      ['waitTimeout', options.waitTimeout],
+      ['lockTimeout', options.lockTimeout],
+      ['lockWait', options.lockWait],
+      ['unknownSinceWindow', options.unknownSinceWindow],
+    ] as const) {
       if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)) {
         throw new OptionError(name, value, 'expected a number of milliseconds > 0');
       }
     }
     this.waitTimeout = options.waitTimeout ?? 5000;
+    if (options.verify !== undefined && (typeof options.verify !== 'number' || !(options.verify >= 0 && options.verify <= 1))) {
+      throw new OptionError('verify', options.verify, 'expected a share of hits between 0 and 1, e.g. 0.01');
+    }
+    this.verify = options.verify ?? 0;
     if (options.earlyRefresh !== undefined && (typeof options.earlyRefresh !== 'number' || !Number.isFinite(options.earlyRefresh) || options.earlyRefresh < 0)) {
       throw new OptionError('earlyRefresh', options.earlyRefresh, 'expected a number >= 0 (XFetch beta)');
     }
-    this.lock = { lockMs: options.lockTimeout ?? 5000, lockWaitMs: options.lockWait ?? 3000, earlyRefresh: options.earlyRefresh ?? 0 };
+    this.lock = {
+      lockMs: options.lockTimeout ?? 5000,
+      lockWaitMs: options.lockWait ?? 3000,
+      earlyRefresh: options.earlyRefresh ?? 0,
+      unknownSinceWindow: options.unknownSinceWindow ?? 1000,
+    };
     const guard = { ...options.breaker, timeout: options.timeout };
     const caches = new Map<string, FragmentCache>();
     const byStore = new Map<unknown, FragmentCache>();
@@ -167,7 +272,7 @@ export class Engine extends EventEmitter<CacheEvents> {
       // Two aliases given the same instance share one cache (and one circuit breaker).
       const existing = spec !== undefined && typeof spec === 'object' ? byStore.get(spec) : undefined;
       const cache =
-        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this });
+        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this as unknown as EventEmitter<CacheEvents> });
       if (spec !== undefined && typeof spec === 'object') byStore.set(spec, cache);
       caches.set(alias, cache);
     };
@@ -183,23 +288,61 @@ export class Engine extends EventEmitter<CacheEvents> {
       dev: true,
       tags: options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags },
     });
-    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve));
+    this.env.addExtension('FragmentCache', new CacheExtension(this.resolve, { leakGuard: leakGuardOf(options.leakGuard), onWarning: (w) => this.warn(w) }));
     engineEnvs.add(this.env);
+    const tags = options.syntax === 'curly' ? options.nunjucks?.tags : { ...ANGLE, ...options.nunjucks?.tags };
+    if (tags?.blockStart === '<%') sourceChecks.set(this.env, (file, source) => this.checkSource(file, source));
+    // Our own watcher, not Nunjucks' (it cannot be closed): a change is reported as the loader's `update`, which
+    // drops the template and, for dependency digests, the templates that depend on it (lib/digest.ts).
+    if (options.watch) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      this.watcher = (require('chokidar') as typeof import('chokidar')).watch(this.views, { ignoreInitial: true });
+      const byPath = loader as unknown as { pathsToNames?: Record<string, string>; emit(e: string, ...a: unknown[]): void };
+      this.watcher.on('all', (_event, file) => {
+        const full = path.resolve(file);
+        const name = byPath.pathsToNames?.[full];
+        if (name) byPath.emit('update', name, full);
+      });
+    }
   }
 
-  /** Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. */
-  async render(name: string, context: object = {}): Promise<string> {
-    return (await this.run(() => this.template(name), context, false)).html;
+  /** Templates already warned about (once each). */
+  private readonly warned = new Set<string>();
+
+  /** Under the angle syntax: warns once per template whose source has `{% tag` (output as text there). */
+  private checkSource(file: string | undefined, source: unknown): void {
+    if (typeof source !== 'string' || !source.includes('{%')) return;
+    const m = CURLY_TAG.exec(source);
+    const name = this.relative(file);
+    if (!m || this.warned.has(name)) return;
+    if (this.warned.size < 1000) this.warned.add(name);
+    const { line, column } = lineColumn(source, m.index);
+    this.warn({
+      kind: 'syntax',
+      message: `${name}:${line}:${column}: "${m[0]}" is a Nunjucks {% %} tag, but this engine uses the angle syntax (<% %>), where it is output as text. Write <% ${m[1]} … %>, or use syntax: 'curly' (fragcache --syntax curly) for templates written with {% %}.`,
+      template: name,
+      line,
+      column,
+    });
   }
 
-  /** Renders template source. `name` is used in error messages. */
-  async renderString(source: string, context: object = {}, name = '(string)'): Promise<string> {
-    return (await this.run(() => this.compileString(source, name), context, false)).html;
+  /**
+   * Renders a template by name. Resolves with the HTML; rejects with a {@link TemplateError}. Give `since` (the
+   * start of the request) so that output of data loaded before an invalidation is never stored.
+   */
+  async render(name: string, context: object = {}, options: RenderOptions = {}): Promise<string> {
+    return (await this.run(() => this.template(name), context, false, false, sinceOf(options.since))).html;
+  }
+
+  /** Renders template source. The third argument is the name used in error messages, or {@link RenderOptions}. */
+  async renderString(source: string, context: object = {}, options: string | RenderOptions = {}): Promise<string> {
+    const o = typeof options === 'string' ? { name: options } : options;
+    return (await this.run(() => this.compileString(source, o.name ?? '(string)'), context, false, false, sinceOf(o.since))).html;
   }
 
   /** Renders a template and reports each fragment: name, vary, key, hit/miss, time, size, TTL left, tags. */
   async explain(name: string, context: object = {}, options: ExplainOptions = {}): Promise<Explained> {
-    return this.run(() => this.template(name), context, true, options.annotate);
+    return this.run(() => this.template(name), context, true, options.annotate, sinceOf(options.since));
   }
 
   /** Same as {@link explain} for template source. */
@@ -227,14 +370,15 @@ export class Engine extends EventEmitter<CacheEvents> {
     }
   }
 
-  private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false): Promise<Explained> {
+  private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false, since?: number): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, ...this.lock });
+    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock, since, fencing: !this.unfenced });
     try {
       for (let passes = 1; ; passes++) {
         const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);
         if (!session.incomplete) {
           await session.flush();
+          if (session.sampled) this.verifyLater(tmpl, context, session);
           return { html, fragments: session.trace ?? [], passes };
         }
         await session.resolveWanted();
@@ -243,10 +387,58 @@ export class Engine extends EventEmitter<CacheEvents> {
       }
     } catch (err) {
       session.fail();
+      const root = (tmpl as unknown as { path?: string }).path;
       const late = await this.lateError(err);
-      if (late) throw this.templateError(late, (tmpl as unknown as { path?: string }).path);
-      throw err instanceof FragcacheError ? err : this.templateError(err, (tmpl as unknown as { path?: string }).path);
+      if (late) throw this.locateMissing(this.templateError(late, root), root);
+      throw this.locateMissing(err instanceof FragcacheError ? err : this.templateError(err, root), root);
     }
+  }
+
+  /**
+   * Nunjucks says "template not found: x" for a missing include, import or parent without saying where it is
+   * pulled in: find that in the dependency tree of the rendered template, and name the file, line and column.
+   */
+  private locateMissing(err: FragcacheError, rootPath: string | undefined): FragcacheError {
+    const m = /^template not found: (.+)$/.exec(err.message);
+    if (!m || !(err instanceof TemplateError) || err.line !== undefined || !rootPath || !path.isAbsolute(rootPath)) return err;
+    const root = this.relative(rootPath);
+    let tree: DepNode;
+    try {
+      tree = dependencies(root, { views: this.views, syntax: this.syntax });
+    } catch {
+      return err;
+    }
+    const find = (node: DepNode, owner: string): { owner: string; at: DepNode } | undefined => {
+      for (const c of node.children) {
+        if (c.kind === 'missing' && c.name === m[1]) return { owner, at: c };
+        const found = find(c, c.kind === 'cache' ? owner : c.name);
+        if (found) return found;
+      }
+      return undefined;
+    };
+    const hit = find(tree, root);
+    if (!hit) return err;
+    const { owner, at } = hit;
+    return new TemplateError(`${owner}:${at.line}:${at.column}: template not found: ${m[1]}`, owner, at.line, at.column, { cause: err.cause });
+  }
+
+  /** `verify`: after this response, renders the page again against shadow caches and compares the sampled hits. */
+  private verifyLater(tmpl: nunjucks.Template, context: object, session: RenderSession): void {
+    const samples = session.sampled!;
+    session.sampled = undefined;
+    const done = verifyLater(samples, (redirect) => {
+      const check = new RenderSession(this.resolve, { waitMs: this.waitTimeout, redirect });
+      check.lastPass = true; // same-tick shadow stores: one pass
+      check.pass(() => this.renderPass(tmpl, context));
+    }, (w) => this.warn(w));
+    this.pending.add(done);
+    void done.finally(() => this.pending.delete(done));
+  }
+
+  /** Emits a warning, or hands it to `process.emitWarning` when nobody listens. */
+  private warn(w: FragcacheWarning): void {
+    if (this.listenerCount('warning')) this.emit('warning', w);
+    else emitProcessWarning(w);
   }
 
   /** For an AsyncTemplateError raised in a cache body: the error Nunjucks reports a tick later, if any. */
@@ -345,7 +537,9 @@ export class Engine extends EventEmitter<CacheEvents> {
     const name = this.relative(template);
     let cause: unknown = e?.cause ?? err;
     const detail = message.replace(POSITION, '').replace(/^\s+/gm, '').trim();
-    if (/template not found/i.test(message)) return new TemplateError(`template not found: ${detail.replace(/^.*template not found:\s*/i, '')}`, name, undefined, undefined, { cause });
+    // (Raised in a cache body, the message is wrapped: "Template render error: (path)\nError: template not found: x".)
+    const notFound = /template not found:\s*([^\n]+?)\s*$/i.exec(message);
+    if (notFound) return new TemplateError(`template not found: ${notFound[1]}`, name, undefined, undefined, { cause });
     const where = [name, line, column].filter((x) => x !== undefined).join(':');
     if (cause instanceof TemplateError) cause = cause.cause ?? cause;
     if (cause instanceof AsyncTemplateError) return new AsyncTemplateError(`${where}: ${cause.message}`, { cause });
@@ -425,13 +619,13 @@ export class Engine extends EventEmitter<CacheEvents> {
 
   /** Hits, misses, stores and errors over all stores, overall and per fragment name. */
   stats(): Counters & { fragments: Record<string, Counters> } {
-    const sum = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fragments: {} as Record<string, Counters> };
+    const sum = { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0, fragments: {} as Record<string, Counters> };
     for (const c of this.distinctCaches()) {
       const s = c.stats();
-      for (const k of ['hits', 'misses', 'stores', 'stale', 'errors'] as const) sum[k] += s[k];
+      for (const k of COUNTERS) sum[k] += s[k];
       for (const [name, f] of Object.entries(s.fragments)) {
-        const t = (sum.fragments[name] ??= { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0 });
-        for (const k of ['hits', 'misses', 'stores', 'stale', 'errors'] as const) t[k] += f[k];
+        const t = (sum.fragments[name] ??= { hits: 0, misses: 0, stores: 0, stale: 0, errors: 0, fenced: 0 });
+        for (const k of COUNTERS) t[k] += f[k];
       }
     }
     return sum;
@@ -439,6 +633,7 @@ export class Engine extends EventEmitter<CacheEvents> {
 
   /** Waits for pending invalidations and closes every store. */
   async close(): Promise<void> {
+    await this.watcher?.close();
     await this.settled();
     await Promise.all(this.distinctCaches().map((c) => c.close()));
   }

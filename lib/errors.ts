@@ -79,6 +79,22 @@ export class StoreTimeoutError extends StoreError {}
 /** A value cannot be part of a cache key (a function, a symbol, a cyclic object). */
 export class KeyError extends FragcacheError {}
 
+/**
+ * A store needs an optional package that is not installed (`better-sqlite3` for `sqlite://`). The message says
+ * what to install.
+ */
+export class MissingDependencyError extends FragcacheError {
+  constructor(
+    /** The package to install, e.g. `better-sqlite3`. */
+    readonly packageName: string,
+    /** What needs it, e.g. `the sqlite:// store`. */
+    what: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${what} needs the package ${packageName}, which is not installed: run \`npm install ${packageName}\` in your app`, options);
+  }
+}
+
 /** Short, bounded description of a value for error messages. */
 export function describe(value: unknown): string {
   if (typeof value === 'string') {
@@ -95,3 +111,6 @@ export function describe(value: unknown): string {
   if (value instanceof Date) return `the date ${value.toISOString?.() ?? 'Invalid Date'}`;
   return `an object (${Object.prototype.toString.call(value).slice(8, -1)})`;
 }
+
+/** A page cache call cannot do what was asked (an invalidation that would reach no cache, a misplaced middleware). */
+export class PageCacheError extends FragcacheError {}

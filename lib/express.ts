@@ -12,14 +12,17 @@ export { useEngine, ENGINE_SETTING, type ExpressViewOptions, type ExpressAppLike
 export {
   cachePage,
   cacheMiddleware,
+  pageCache,
+  withoutParams,
   invalidatePage,
   invalidatePageTag,
   defaultPageCache,
   type PageCacheOptions,
   type SiteCacheOptions,
   type PageMiddleware,
+  type PageCachePair,
   type PageReq,
   type PageRes,
 } from './page/middleware';
-export { PageCache, type PageMeta, type PageEntry, type PageRequest } from './page/cache';
+export { PageCache, routePath, type PageMeta, type PageEntry, type PageRequest } from './page/cache';
 export { parseCacheControl, parseVary, refusal, etagMatches, type Refusal, type CacheControl } from './page/policy';

@@ -11,15 +11,19 @@ import nunjucks from 'nunjucks';
 import { FragmentCache } from './cache';
 import { OptionError } from './errors';
 import { MemoryStore } from './stores/memory';
+import { blockDependencies, blockDigest as depsDigest, trackDependents, type BlockDeps, type EnvLike } from './digest';
 import { namePart, sourceDigest } from './keys';
+import { checkBlock, displayPath, leakGuardOf, type LeakGuard } from './leakguard';
 import { currentSession, renderBody, RenderSession, type Block, type CacheResolver, type TagOptions } from './render';
+import { cacheExtensions, cacheNodeAt, declaredDeps, isAnalysing, parseTemplate } from './template-ast';
+import { emitProcessWarning, type FragcacheWarning } from './warnings';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- Nunjucks' parser API is untyped */
 type Parser = any;
 type Nodes = any;
 type Lexer = any;
 
-const OPTIONS = ['tags', 'when', 'using', 'stale', 'digest'] as const;
+const OPTIONS = ['tags', 'when', 'using', 'stale', 'digest', 'deps', 'shared'] as const;
 const NAME = /^[A-Za-z0-9_.:-]+$/;
 
 /**
@@ -112,14 +116,26 @@ const nunjucksNodes: Nodes = (nunjucks as unknown as { nodes: Nodes }).nodes;
   }
 }
 
-/** Path of the template being compiled (set around Template#compile by the engine), for error messages. */
-let compiling: string | undefined;
+/** The template being compiled (set around Template#compile by the engine): its path and Environment. */
+export interface Compiling {
+  path: string | undefined;
+  env: object;
+}
+let compiling: Compiling | undefined;
 
-/** @internal Sets the path of the template being compiled; returns the previous one. */
-export function compilingTemplate(path: string | undefined): string | undefined {
+/** @internal Sets the template being compiled; returns the previous one. */
+export function compilingTemplate(state: Compiling | undefined): Compiling | undefined {
   const previous = compiling;
-  compiling = path;
+  compiling = state;
   return previous;
+}
+
+/** Compile-time checks of an extension (see {@link CacheExtensionOptions}). */
+export interface CacheExtensionOptions {
+  /** The leak guard (default: `warn`, `off` in production). */
+  leakGuard?: LeakGuard;
+  /** Where warnings go (default: the fragments cache's `warning` event, else `process.emitWarning`). */
+  onWarning?: (w: FragcacheWarning) => void;
 }
 
 /** Digest of a compiled block function (its code), computed once per function. */
@@ -145,8 +161,20 @@ export class CacheExtension {
   private warnedAsync = false;
   private implicit: RenderSession | undefined;
   private readonly resolveCache: CacheResolver;
+  private readonly guard: LeakGuard;
+  private readonly onWarning: (w: FragcacheWarning) => void;
+  /** Warnings already given (each once per process). */
+  private readonly warned = new Set<string>();
 
-  constructor(target?: CacheTarget) {
+  constructor(target?: CacheTarget, options: CacheExtensionOptions = {}) {
+    this.guard = options.leakGuard ?? leakGuardOf(undefined);
+    this.onWarning =
+      options.onWarning ??
+      ((w) => {
+        const events = this.resolveCache(undefined)?.events;
+        if (events?.listenerCount('warning')) events.emit('warning', w);
+        else emitProcessWarning(w);
+      });
     if (target === undefined) {
       const own = new FragmentCache(new MemoryStore());
       this.resolveCache = (alias) => (alias === undefined ? own : undefined);
@@ -175,6 +203,7 @@ export class CacheExtension {
 
   private parseTag(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
     ownNames.add((this as { __name?: string }).__name ?? 'FragmentCache');
+    cacheExtensions.add((this as { __name?: string }).__name ?? this);
     const tok = parser.nextToken();
     const at = (t: { lineno: number; colno: number }) => [t.lineno, t.colno] as const;
     const isEnd = () => {
@@ -190,6 +219,8 @@ export class CacheExtension {
     const vary: unknown[] = [];
     const options: unknown[] = [];
     let digest = true;
+    const declared: string[] = [];
+    const shared: string[] = [];
     const seen = new Set<string>();
     while (!isEnd()) {
       if (parser.skip(lexer.TOKEN_COMMA)) continue;
@@ -211,6 +242,13 @@ export class CacheExtension {
             parser.fail('cache tag: digest= takes true or false', next.lineno, next.colno);
           }
           digest = value.value;
+        } else if (opt === 'deps' || opt === 'shared') {
+          // Read at compile time: literal strings only.
+          const items = value instanceof nodes.Array ? value.children : [];
+          if (!(value instanceof nodes.Array) || !items.every((c: any) => c instanceof nodes.Literal && typeof c.value === 'string' && c.value)) {
+            parser.fail(`cache tag: ${opt}= takes a list of strings, e.g. ${opt}=["${opt === 'deps' ? 'partials/a.njk' : 'site'}"]`, next.lineno, next.colno);
+          }
+          (opt === 'deps' ? declared : shared).push(...items.map((c: any) => c.value as string));
         } else {
           options.push(new nodes.Pair(next.lineno, next.colno, new nodes.Literal(next.lineno, next.colno, opt), value));
         }
@@ -243,10 +281,11 @@ export class CacheExtension {
 
     const [line, col] = at(tok);
     const lit = (v: unknown) => new nodes.Literal(line, col, v);
+    const deps = isAnalysing() ? undefined : this.check(parser, tok, name, vary, declared, shared);
     const args = new nodes.NodeList(line, col, [
       lit(name),
       lit(namePart(name)),
-      digest ? lit(sourceDigest(source)) : lit(null),
+      digest ? lit(depsDigest(source, deps)) : lit(null),
       lit(line + 1),
       lit(col + 1),
       ttl,
@@ -254,15 +293,60 @@ export class CacheExtension {
       new nodes.Dict(line, col, options),
       // null when there are none: an empty array literal would be allocated on every render.
       blocks.length ? new nodes.Array(line, col, blocks.map(lit)) : lit(null),
-      lit(compiling ?? null),
+      lit(compiling?.path ?? null),
     ]);
+    const node = new nodes.CallExtension(this, 'run', args, [body]);
+    node.fragcache = { declared, shared }; // for `fragcache deps` (not compiled)
     // Macros and imports at the top of the body define names for what follows the tag too. On a hit the body does not
     // run, so they are moved ahead of it: defined on a hit as on a miss, as in plain Nunjucks (they output nothing).
     const hoisted = body.children.filter((c: any) => (c instanceof nodes.Macro && !(c instanceof nodes.Caller)) || c instanceof nodes.Import || c instanceof nodes.FromImport);
-    const call = new nodes.CallExtension(this, 'run', args, [body]);
-    if (!hoisted.length) return call;
+    if (!hoisted.length) return node;
     body.children = body.children.filter((c: any) => !hoisted.includes(c));
-    return new nodes.NodeList(line, col, [...hoisted, call]);
+    return new nodes.NodeList(line, col, [...hoisted, node]);
+  }
+
+  /**
+   * Compile-time work on one block, from the whole template's tree (parsed once per source): its dependencies
+   * (for the digest), dynamic names (warned about once), and the leak guard. Undefined outside an engine's
+   * compile (no Environment to resolve templates with).
+   */
+  private check(parser: Parser, tok: { lineno: number; colno: number }, name: string, vary: unknown[], tagDeps: string[], shared: string[]): BlockDeps | undefined {
+    const state = compiling;
+    if (!state) return undefined;
+    const env = state.env as EnvLike;
+    const source: string = parser.tokens.str;
+    const ast = parseTemplate(env, source);
+    const node = cacheNodeAt(ast, tok.lineno, tok.colno);
+    if (!node) return undefined;
+    const declared = [...tagDeps, ...declaredDeps(source)];
+    const deps = blockDependencies(env, state.path, ast, node, declared);
+    trackDependents(env, state.path, deps.paths);
+    const where = `${displayPath(state.path)}:${tok.lineno + 1}`;
+    if (!declared.length) {
+      for (const d of deps.dynamic) {
+        const inside = d.template === state.path ? '' : ` (in ${displayPath(d.template)}:${d.line})`;
+        this.warnOnce({
+          kind: 'dynamic-dependency',
+          fragment: name,
+          template: displayPath(state.path),
+          line: tok.lineno + 1,
+          column: tok.colno + 1,
+          message: `${name} (${where}) depends on ${d.kind} ${d.expr}${inside}, whose name is an expression: the digest cannot cover it, so editing that template will not refresh ${name}. Declare it: deps=["partials/x.njk"] or {# Template Dependency: partials/x.njk #}`,
+        });
+      }
+    }
+    if (this.guard.mode !== 'off') {
+      const findings = checkBlock(env, { name, template: state.path, ast, node, vary, line: tok.lineno + 1, column: tok.colno + 1, shared }, this.guard);
+      if (findings.length && this.guard.mode === 'error') parser.fail(`leak guard: ${findings.map((f) => f.message).join('; ')}`, tok.lineno, tok.colno);
+      for (const f of findings) this.warnOnce(f);
+    }
+    return deps;
+  }
+
+  private warnOnce(w: FragcacheWarning): void {
+    if (this.warned.has(w.message)) return;
+    this.warned.add(w.message);
+    this.onWarning(w);
   }
 
   /** A bare identifier (letters, digits, `_ - . :`) or a string literal, taken literally. */

@@ -2,9 +2,12 @@
  * fragcache: fragment and page caching for Nunjucks.
  * @packageDocumentation
  */
-export { createEngine, Engine, type EngineOptions, type Explained, type ExplainOptions, type InvalidationTargets } from './engine';
+export { createEngine, Engine, type EngineEvents, type EngineOptions, type Explained, type ExplainOptions, type InvalidationTargets, type RenderOptions } from './engine';
 export { FragmentCache, type CacheOptions, type Counters, type SetOptions, type CacheEvents, type FragmentEvent } from './cache';
-export { CacheExtension, type CacheTarget } from './extension';
+export { CacheExtension, type CacheTarget, type CacheExtensionOptions } from './extension';
+export type { FragcacheWarning } from './warnings';
+export { leakGuardOf, type LeakGuard, type LeakGuardMode, type LeakGuardOptions } from './leakguard';
+export { lintTemplates, type LintOptions, type LintResult, type LintFinding } from './lint';
 export { fastifyViewEngine, type FastifyNunjucks, type FastifyNunjucksEnv } from './fastify';
 export type { FragmentTrace } from './render';
 export type { Store, SyncStore, StoreWrite } from './store';

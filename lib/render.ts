@@ -16,6 +16,7 @@ import { FragmentCache } from './cache';
 import { parseTtl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { AsyncTemplateError, FragmentArgumentError, KeyError, describe } from './errors';
+import { fence } from './fencing';
 import { keyFromParts, namePart, userTag, variantTagFromParts, varyPart } from './keys';
 import type { StoreWrite } from './store';
 
@@ -149,6 +150,24 @@ export class SharedFailure extends Error {
 }
 
 /** One frozen `{ name }` per fragment name, shared by all its entries (names are template literals: few). */
+/**
+ * A short readable form of vary values whose key part is a hash (long values, spaces, non-ASCII), stored with the
+ * entry so that the CLI can show which variant it is: each value as JSON, cut to 40 characters.
+ */
+function varyPreview(vary: readonly unknown[]): string {
+  return vary
+    .map((v) => {
+      let s: string;
+      try {
+        s = v instanceof Date ? v.toISOString() : (JSON.stringify(v) ?? String(v));
+      } catch {
+        s = String(v);
+      }
+      return s.length > 40 ? `${s.slice(0, 39)}…` : s;
+    })
+    .join(', ');
+}
+
 const metas = new Map<string, Readonly<Record<string, unknown>>>();
 function metaOf(name: string): Readonly<Record<string, unknown>> {
   let m = metas.get(name);
@@ -258,17 +277,48 @@ export class RenderSession {
   private readonly staleFound = new Map<string, Entry>();
   /** XFetch β (0: off): how eagerly a hit close to expiry is refreshed early by one renderer. */
   private readonly beta: number;
+  /** Share of hits sampled for `verify` (0: off), and the hits sampled in this render (key → what was served). */
+  private readonly verifyRate: number;
+  sampled: Map<string, { cache: FragmentCache; entry: Entry; block: Block }> | undefined;
+  /** For the `verify` re-render: the cache each fragment really uses instead of its own (a shadow). */
+  private readonly redirect: ((cache: FragmentCache) => FragmentCache) | undefined;
+  /** Local epoch ms at which this render started. */
+  private readonly started = Date.now();
+  /** Local epoch ms before which the render's data was not loaded, when known (see `fencing.ts`). */
+  private readonly since: number | undefined;
+  /** Without `since`: how long output of a tag invalidated just before the render may live, ms. */
+  private readonly sinceWindow: number;
+
+  /** False only in the specs that prove the fencing is what keeps old output out. */
+  private readonly fencing: boolean;
 
   constructor(
     private readonly resolveCache: CacheResolver,
-    options: { trace?: boolean; annotate?: boolean; waitMs?: number; lockMs?: number; lockWaitMs?: number; earlyRefresh?: number } = {},
+    options: {
+      trace?: boolean;
+      annotate?: boolean;
+      waitMs?: number;
+      lockMs?: number;
+      lockWaitMs?: number;
+      earlyRefresh?: number;
+      since?: number;
+      unknownSinceWindow?: number;
+      fencing?: boolean;
+      verify?: number;
+      redirect?: (cache: FragmentCache) => FragmentCache;
+    } = {},
   ) {
+    this.since = options.since;
+    this.sinceWindow = options.unknownSinceWindow ?? 1000;
+    this.fencing = options.fencing ?? true;
     this.waitMs = options.waitMs ?? 5000;
     this.beta = options.earlyRefresh ?? 0;
     this.lockMs = options.lockMs ?? 5000;
     this.lockWaitMs = options.lockWaitMs ?? 3000;
     this.tracing = options.trace ?? false;
     this.annotating = options.annotate ?? false;
+    this.verifyRate = options.verify ?? 0;
+    this.redirect = options.redirect;
   }
 
   /** Set for a render's last allowed pass: unknown keys then render uncached instead of waiting for a batch. */
@@ -324,8 +374,9 @@ export class RenderSession {
     if (opts.using !== undefined && typeof opts.using !== 'string') {
       throw argError(block, `using must be a store alias (a string), got ${describe(opts.using)}`);
     }
-    const cache = this.resolveCache(opts.using as string | undefined);
-    if (!cache) throw argError(block, `unknown store alias ${describe(opts.using)} in using=`);
+    const found = this.resolveCache(opts.using as string | undefined);
+    if (!found) throw argError(block, `unknown store alias ${describe(opts.using)} in using=`);
+    const cache = this.redirect ? this.redirect(found) : found;
     const tags = opts.tags;
     if (tags !== undefined && (!Array.isArray(tags) || !tags.every((x) => typeof x === 'string' && x.length > 0))) {
       throw argError(block, `tags must be a list of non-empty strings, got ${describe(tags)}`);
@@ -373,6 +424,8 @@ export class RenderSession {
     // Traced in the order fragments open, so nested ones follow their parent.
     const traced = this.trace ? this.traceOpen(spec, depth) : undefined;
     if (r.kind === 'hit') {
+      // verify: a share of stored hits is re-rendered after the response and compared (see lib/verify.ts).
+      if (this.verifyRate && !r.fresh && !r.stale && Math.random() < this.verifyRate) (this.sampled ??= new Map()).set(spec.key, { cache: spec.cache, entry: r.entry, block });
       this.inherit(spec.cache, r.entry.tags);
       if (this.inValue()) this.done.push({ out: r.entry.body, cache: spec.cache, tags: r.entry.tags });
       if (traced) {
@@ -429,7 +482,7 @@ export class RenderSession {
       expires: spec.ttlMs === null ? null : now + spec.ttlMs,
       cost: Math.round(cost),
       tags,
-      meta: metaOf(block.name),
+      meta: spec.vp.charCodeAt(0) === 35 /* '#': hashed vary */ ? { name: block.name, vary: varyPreview(spec.vary) } : metaOf(block.name),
       // Declared now (a memory-store hit sets it): adding a property later costs every entry an extra array.
       checked: undefined,
     };
@@ -659,8 +712,22 @@ export class RenderSession {
   private write(spec: Spec, entry: Entry): void {
     if (this.writtenKeys.has(spec.key)) return;
     this.writtenKeys.add(spec.key);
-    const ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
+    let ttlMs = spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs;
     const cache = spec.cache;
+    if (this.fencing) {
+      // Checked only when writing: a hit costs nothing. The output is shown either way.
+      const f = fence(entry.tags, this.since, this.started, cache.clock, this.sinceWindow);
+      const left = f.store && f.expiresBy !== undefined ? f.expiresBy - entry.created : Infinity;
+      if (!f.store || left < 1) {
+        this.fenced(spec);
+        return;
+      }
+      if (left !== Infinity && (ttlMs === null || left < ttlMs)) {
+        ttlMs = Math.ceil(left);
+        entry.expires = entry.created + ttlMs;
+        entry.staleUntil = undefined; // an old copy must not outlive the cap either
+      }
+    }
     if (cache.store.sync) {
       cache.store.sync.set(spec.key, entry, ttlMs);
       this.syncWritten.set(spec.key, cache);
@@ -671,6 +738,14 @@ export class RenderSession {
       list.push({ key: spec.key, entry, ttlMs });
     }
     this.releaseClaim(spec.key, { entry });
+  }
+
+  /** Output whose data predates an invalidation of one of its tags: not stored, not handed to waiters. */
+  private fenced(spec: Spec): void {
+    const { cache, block } = spec;
+    cache.count(block.name, 'fenced');
+    if (cache.events.listenerCount('fenced')) cache.events.emit('fenced', { name: block.name, key: spec.key });
+    this.releaseClaim(spec.key, {});
   }
 
   /** Counts a write that happened, and tells `store` listeners. */
@@ -731,7 +806,9 @@ export class RenderSession {
     const keys = specs.map((s) => s.key);
     const readAt = performance.now(); // monotonic: compared with when other renders released their claims
     // Round trip 1: the entries and the tag versions we already know we need.
-    const found = await cache.readMany([...keys, ...ownTags]);
+    // (The offset to the store's clock is measured with the first batch, waited for no longer than a store call
+    // may take, and refreshed now and then. Until it is known, what this render stores lives at most the window.)
+    const [found] = await Promise.all([cache.readMany([...keys, ...ownTags]), cache.clock.ready(cache.guard.timeout)]);
     const missingTags: string[] = [];
     ownTags.forEach((k, i) => {
       const e = found[keys.length + i];
@@ -753,7 +830,11 @@ export class RenderSession {
     let canStore = true;
     if (missingTags.length) {
       try {
-        for (const [k, v] of await cache.tagVersions(missingTags)) this.versions.set(k, v);
+        // Created records live as long as the longest entry of this batch that carries them (one per distinct
+        // vary value is created by traffic: none may be permanent unless an entry is).
+        let ttl: number | null = 0;
+        for (const spec of specs) if (ttl !== null) ttl = spec.ttlMs === null ? null : Math.max(ttl, spec.ttlMs + spec.staleMs);
+        for (const [k, v] of await cache.tagVersions(missingTags, ttl || null)) this.versions.set(k, v);
       } catch (err) {
         cache.report(err);
         canStore = false;
@@ -846,8 +927,9 @@ export class RenderSession {
   /**
    * Cross-process single-flight on a shared store: `lock` (SET NX PX on Redis) per missed key. The winner
    * renders and stores; a loser serves the stale copy when it has one, else polls the store until the
-   * winner's entry appears, for at most `lockWaitMs`, then renders the fragment itself. A store failure
-   * means no lock: the fragment renders (correct output beats saving work).
+   * winner's entry appears (reading the versions of the tags on it it lacks) or the winner's lock is gone
+   * without one (then it renders the fragment at once), for at most `lockWaitMs`, then renders the fragment
+   * itself. A store failure means no lock: the fragment renders (correct output beats saving work).
    */
   private async lockMisses(specs: Spec[]): Promise<void> {
     const tokens = await Promise.all(
@@ -870,31 +952,42 @@ export class RenderSession {
       else waiting.push(spec);
     });
     // Double-check after winning: the previous owner may have stored it and let go since this render read.
-    if (won.length) {
-      const got = await won[0].cache.readMany(won.map((s) => s.key));
-      won.forEach((spec, i) => {
+    for (const [cache, list] of RenderSession.byCache(won)) {
+      const got = await cache.readMany(list.map((s) => s.key));
+      await this.learnVersions(cache, got);
+      list.forEach((spec, i) => {
         const e = got[i];
         // (An early-refresh candidate reads its own old copy again: that one does not count.)
-        if (spec.cache === won[0].cache && e && e.created !== this.staleFound.get(spec.key)?.created && this.valid(e, spec.cache)) {
+        if (e && e.created !== this.staleFound.get(spec.key)?.created && this.valid(e, cache)) {
           this.record(spec, { kind: 'hit', entry: e });
           this.release(spec.key, e);
         } else this.record(spec, { kind: 'miss', store: true });
       });
     }
+    // Wait for the owner: poll its lock and the entry, with a short backoff (the owner's render is usually a few
+    // ms). The lock is read before the entry, in one pipeline: a lock found gone means any entry is already written.
     const deadline = Date.now() + this.lockWaitMs;
-    const every = Math.min(50, Math.max(10, this.lockWaitMs / 100));
+    let delay = 1;
     while (waiting.length && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, every));
-      const byCache = new Map<FragmentCache, Spec[]>();
-      for (const s of waiting) byCache.set(s.cache, [...(byCache.get(s.cache) ?? []), s]);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 1.5, 20, Math.max(1, this.lockWaitMs / 100));
       const still: Spec[] = [];
-      for (const [cache, list] of byCache) {
-        const got = await cache.readMany(list.map((s) => s.key));
+      for (const [cache, list] of RenderSession.byCache(waiting)) {
+        const store = cache.store;
+        const held = store.locked
+          ? cache.guard.run('locked', () => store.locked!(list.map((s) => RenderSession.lockKey(s.key)))).catch((err) => (cache.report(err), undefined))
+          : Promise.resolve(undefined);
+        const [locked, got] = await Promise.all([held, cache.readMany(list.map((s) => s.key))]);
+        // The owner's entry may carry tags of fragments nested in it, which this render has not read yet.
+        await this.learnVersions(cache, got);
         list.forEach((spec, i) => {
           const e = got[i];
           if (e && this.valid(e, cache)) {
             this.record(spec, { kind: 'hit', entry: e });
             this.release(spec.key, e);
+          } else if (locked && !locked[i]) {
+            // Released without a usable entry (failed, not stored, or invalidated meanwhile): render it now.
+            this.record(spec, { kind: 'miss', store: true });
           } else still.push(spec);
         });
       }
@@ -902,6 +995,29 @@ export class RenderSession {
     }
     // The winner did not deliver in time (slow or crashed): render it here.
     for (const spec of waiting) this.record(spec, { kind: 'miss', store: true });
+  }
+
+  private static byCache(specs: readonly Spec[]): Map<FragmentCache, Spec[]> {
+    const out = new Map<FragmentCache, Spec[]>();
+    for (const s of specs) {
+      const list = out.get(s.cache);
+      if (list) list.push(s);
+      else out.set(s.cache, [s]);
+    }
+    return out;
+  }
+
+  /** Reads the versions of tags carried by these entries that this render does not know yet (one round trip). */
+  private async learnVersions(cache: FragmentCache, entries: readonly (Entry | undefined)[]): Promise<void> {
+    const unknown = new Set<string>();
+    for (const e of entries) {
+      const tags = e?.tags;
+      if (tags) for (let j = 0; j < tags.length; j += 2) if (!this.versions.has(tags[j])) unknown.add(tags[j]);
+    }
+    if (!unknown.size || cache.store.sync) return; // (a same-tick store is read during validation)
+    const keys = [...unknown];
+    const got = await cache.readMany(keys);
+    keys.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
   }
 
   /** Serves an expired entry within its stale= window (another process is refreshing it). */

@@ -35,12 +35,26 @@ export interface Store {
   deleteMany(keys: readonly string[]): Promise<void>;
   /** Deletes every key that starts with `prefix` (and nothing else); returns how many, when known. */
   clear(prefix: string): Promise<number | undefined>;
+  /**
+   * Optional: makes each key live at least `ttlMs` from now, never shorter than it already does and never
+   * changing its value (a tag record that an entry written now depends on). Keys that are missing or have no
+   * expiry are left alone.
+   */
+  extend?(keys: readonly { key: string; ttlMs: number }[]): Promise<void>;
   /** Lists keys that start with `prefix`. */
   keys?(prefix: string): AsyncIterable<string>;
   /** Takes a cross-process lock; resolves to a token when taken, `undefined` when someone holds it. */
   lock?(key: string, ttlMs: number): Promise<string | undefined>;
   /** Releases a lock, only if `token` still owns it. */
   unlock?(key: string, token: string): Promise<void>;
+  /**
+   * Optional: the store's own clock, epoch ms (Redis `TIME`). Invalidation times are stamped in it, through an
+   * offset each process measures, so that hosts whose clocks disagree still agree on which came first. A store
+   * without it is judged by this host's clock (right for the memory store and SQLite, which share the host).
+   */
+  time?(): Promise<number>;
+  /** Optional: which of these lock keys are held now (lets a waiter stop as soon as the owner let go). */
+  locked?(keys: readonly string[]): Promise<boolean[]>;
   /**
    * Optional: the cache hands the store its error reporter here. A store whose same-tick calls must not throw
    * (they run inside a render) reports their failures through it, so they reach the `error` event.

@@ -264,7 +264,7 @@ describe('fragcache serve: live reload shows what changed (no browser needed)', 
     return { views, server, stream };
   }
 
-  test('fixed: after a data file or an included partial changes, the reloaded page shows it (cached fragments are emptied before the reload event)', async () => {
+  test('fixed: after a data file or an included partial changes, the reloaded page shows it (data: cached fragments are emptied before the reload event; a partial: exactly the fragments depending on it miss)', async () => {
     const { views, server, stream } = await start();
     try {
       const page = `${server.url}page?fragcache=debug`;
@@ -285,8 +285,9 @@ describe('fragcache serve: live reload shows what changed (no browser needed)', 
       const reloadedPartial = stream.next('nav.njk');
       replace(path.join(views, 'partials', 'nav.njk'), (t) => t.replace('<nav>', '<nav class="edited">'));
       await reloadedPartial;
-      const afterPartial = await get(`${server.url}page`);
+      const afterPartial = await get(page);
       expect(afterPartial.body).toContain('<nav class="edited">');
+      expect(statuses(afterPartial.body)).toEqual(['nav miss', 'front-page hit', 'popular hit', 'sidebar hit']);
       // And the page is cached again from then on.
       expect(statuses((await get(page)).body)).toEqual(['nav hit', 'front-page hit', 'popular hit', 'sidebar hit']);
     } finally {

@@ -5,7 +5,9 @@
  * never touches keys it did not write.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import net from 'node:net';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createClient } from '@redis/client';
@@ -41,52 +43,9 @@ function run(args: string[], options: { cwd: string; tty?: boolean; store?: stri
   });
 }
 
-/** A thin Store over @redis/client, for when the built-in Redis store is absent. */
-const FALLBACK_STORE = (url: string) => `
-const { createClient } = require(${JSON.stringify(require.resolve('@redis/client'))});
-const { encodeEntry, decodeEntry } = require(${JSON.stringify(path.join(ROOT, 'dist', 'entry.js'))});
-const client = createClient({ url: ${JSON.stringify(url)}, socket: { reconnectStrategy: false } });
-let ready;
-const c = () => (ready ??= client.connect()).then(() => client);
-module.exports.store = {
-  kind: 'redis', shared: true,
-  async getMany(keys) { if (!keys.length) return []; return (await (await c()).mGet([...keys])).map((x) => (x == null ? undefined : decodeEntry(x))); },
-  async setMany(ws) { const cl = await c(); await Promise.all(ws.map((w) => cl.set(w.key, encodeEntry(w.entry), w.ttlMs ? { PX: w.ttlMs } : undefined))); },
-  async add(k, e, t) { return (await (await c()).set(k, encodeEntry(e), t ? { PX: t, NX: true } : { NX: true })) === 'OK'; },
-  async deleteMany(keys) { if (keys.length) await (await c()).del([...keys]); },
-  async clear(prefix) { const ks = []; for await (const k of this.keys(prefix)) ks.push(k); await this.deleteMany(ks); return ks.length; },
-  async *keys(prefix) { const cl = await c(); for await (const b of cl.scanIterator({ MATCH: prefix.replace(/[*?[\\]\\\\]/g, '\\\\$&') + '*', COUNT: 1000 })) for (const k of [].concat(b)) yield k; },
-  async close() { if (ready) await client.quit().catch(() => undefined); },
-};
-`;
-
-/**
- * How the CLI reaches the Redis: the built-in `redis://` store when it is registered; until then the
- * built RedisStore through a fragcache.config.js, or (without it) a thin Store over @redis/client, so the
- * commands are exercised end to end either way.
- */
-type Mode = 'url' | 'redis-store' | 'client';
-function storeMode(url: string): Mode {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { createStore } = require(path.join(ROOT, 'dist', 'index.js')) as { createStore(s: string): { close(): Promise<void> } };
-  try {
-    void createStore(url).close();
-    return 'url';
-  } catch {
-    return existsSync(path.join(ROOT, 'dist', 'stores', 'redis.js')) ? 'redis-store' : 'client';
-  }
-}
-
-/** Writes the config that points the CLI at `url`; returns the mode used. */
-function writeConfig(dir: string, url: string, prefix: string): Mode {
-  const mode = storeMode(url);
-  const base = { prefix, views: path.join(ROOT, 'templates') };
-  if (mode === 'url') writeFileSync(path.join(dir, 'fragcache.config.json'), JSON.stringify({ ...base, store: url }));
-  else if (mode === 'redis-store') {
-    const req = JSON.stringify(path.join(ROOT, 'dist', 'stores', 'redis.js'));
-    writeFileSync(path.join(dir, 'fragcache.config.js'), `module.exports = { ...${JSON.stringify(base)}, store: require(${req}).redisFromUrl(${JSON.stringify(url)}) };`);
-  } else writeFileSync(path.join(dir, 'fragcache.config.js'), `${FALLBACK_STORE(url)}\nObject.assign(module.exports, ${JSON.stringify(base)});`);
-  return mode;
+/** Writes the config that points the CLI at `url` (the built-in redis:// store: a broken one must fail here). */
+function writeConfig(dir: string, url: string, prefix: string): void {
+  writeFileSync(path.join(dir, 'fragcache.config.json'), JSON.stringify({ prefix, views: path.join(ROOT, 'templates'), store: url }));
 }
 
 describeWith(need(redisServer), 'store commands against a real Redis', () => {
@@ -103,8 +62,7 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     client = createClient({ url: redis.url });
     await client.connect();
     dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-store-'));
-    const mode = writeConfig(dir, redis.url, prefix);
-    if (mode !== 'url') console.warn(`NOTE: redis:// is not a registered store scheme yet: the CLI reaches Redis through a fragcache.config.js (${mode})`);
+    writeConfig(dir, redis.url, prefix);
     // A key outside the prefix: no command may touch it.
     await client.set(`${prefix}-other:keep`, 'mine');
   }, 30_000);
@@ -154,8 +112,37 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     expect(none.stderr).toMatch(/^no keys under ".*" matching zzz\*/);
   });
 
+  test('keys, stats and preview --explain fit COLUMNS (keys cut in the middle) unless --wide; hashed vary values read as values', async () => {
+    const saved = process.env.COLUMNS;
+    process.env.COLUMNS = '100';
+    try {
+      const narrow = await cli('keys');
+      const lines = narrow.stdout.trimEnd().split('\n');
+      expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(100);
+      expect(narrow.stdout).toMatch(/^tcli\w*…\S*10:00:00Z +fragment /m); // the start and the end of the key
+      // badge varies on titles with spaces, so its key holds a hash of them; the values are shown all the same.
+      expect(narrow.stdout).toMatch(/ badge \("Russian dolls, explained", 1200\)$/m);
+      const wide = await cli('keys', '--wide');
+      expect(Math.max(...wide.stdout.split('\n').map((l) => l.length))).toBeGreaterThan(100);
+      expect(wide.stdout).toContain(`${prefix}:1:f:article-card/`);
+      const json = JSON.parse((await cli('keys', 'badge', '--json')).stdout) as { varyPreview?: string }[];
+      expect(json.map((r) => r.varyPreview).sort()).toEqual(['"Caching fragments <safely>", 950', '"Russian dolls, explained", 1200']);
+      const explain = await preview();
+      expect(Math.max(...explain.stderr.split('\n').map((l) => l.length))).toBeLessThanOrEqual(100);
+      const explainWide = await cli('preview', 'page.njk', '--data', path.join(ROOT, 'templates', 'data', 'page.yaml'), '--explain', '--wide');
+      expect(explain.stderr).not.toContain(`${prefix}:1:f:sidebar/`);
+      expect(explainWide.stderr).toContain(`${prefix}:1:f:sidebar/`);
+      const stats = await cli('stats');
+      expect([stats.code, Math.max(...stats.stdout.split('\n').map((l) => l.length)) <= 100]).toEqual([0, true]);
+      const inspect = await cli('inspect', 'badge');
+      expect(inspect.stdout).toMatch(/^ {2}vary {8}"Russian dolls, explained", 1200 \(hashed in the key\)$/m);
+    } finally {
+      if (saved === undefined) delete process.env.COLUMNS;
+      else process.env.COLUMNS = saved;
+    }
+  }, 60_000);
+
   test('without a config file: FRAGCACHE_STORE or --store point the commands at the Redis', async () => {
-    if (storeMode(redis.url) !== 'url') return console.warn('SKIPPED: redis:// is not a registered scheme in this build');
     const empty = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-noconfig-'));
     const viaEnv = await run(['keys', 'front-page', '--prefix', prefix, '--json'], { cwd: empty, store: redis.url });
     expect([viaEnv.code, viaEnv.stderr]).toEqual([0, '']);
@@ -218,6 +205,20 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     expect(statusOf(after.stderr, 'nav')).toEqual(['hit']);
   });
 
+  test('invalidate with no matching stored entry says so, lists the stored variants with typed values, exits 1, and writes nothing', async () => {
+    const tagKeys = async () => (await client.keys(`${prefix}:tag:*`)).sort();
+    const before = await tagKeys();
+    const str = await cli('invalidate', 'sidebar', '7'); // the string "7": the stored variant varies on the number 7
+    expect([str.code, str.stdout]).toEqual([1, '']);
+    expect(str.stderr).toBe(
+      `error: no stored entry of fragment "sidebar" with vary "7" (looked under ${prefix}:1:f:sidebar/): nothing was invalidated. Stored variants of "sidebar":\n  7\nVary values are strings unless you add --json (then 7 is the number 7, "7" the string).\n`,
+    );
+    const typo = await cli('invalidate', 'sidebra');
+    expect([typo.code, typo.stdout]).toEqual([1, '']);
+    expect(typo.stderr).toMatch(/^error: no stored entry of fragment "sidebra" \(looked under .*\): nothing was invalidated\. Stored fragment names: .*\bsidebar\b/);
+    expect(await tagKeys()).toEqual(before); // no version record left behind by either
+  });
+
   test('stats counts entries and bytes per kind and per fragment name', async () => {
     const r = await cli('stats', '--json');
     expect(r.code).toBe(0);
@@ -257,16 +258,65 @@ describe('an unreachable store', () => {
     const port = await freePort(); // nothing listens there
     const url = `redis://127.0.0.1:${port}`;
     const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-down-'));
-    const builtIn = writeConfig(dir, url, 'down') === 'url';
+    writeConfig(dir, url, 'down');
     for (const args of [['keys'], ['stats'], ['invalidate', 'nav'], ['preview', 'page.njk']]) {
       const started = Date.now();
       const r = await run(args, { cwd: dir });
       expect([args, r.code]).toEqual([args, 1]);
-      expect(r.stderr).toMatch(builtIn ? new RegExp(`^error: store redis://127\\.0\\.0\\.1:${port}/? is unreachable: `) : /^error: the redis store is unreachable: /);
+      expect(r.stderr).toMatch(new RegExp(`^error: store redis://127\\.0\\.0\\.1:${port}/? is unreachable: `));
       expect(r.stderr).not.toMatch(/\n\s+at /);
       expect(Date.now() - started).toBeLessThan(8000);
     }
   }, 60_000);
+});
+
+describe('a refused connection and a silent server', () => {
+  // Refused (nothing listens): fails at once. Accepted but never answered: the probe waits its 3 s budget.
+  test('ECONNREFUSED fails at once; a store that accepts and never answers waits the 3 s budget', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-refused-'));
+    const silent = net.createServer(() => undefined).listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const silentPort = (silent.address() as net.AddressInfo).port;
+    try {
+      for (const scheme of ['redis', 'memcache']) {
+        const t0 = Date.now();
+        const r = await run(['keys', '--store', `${scheme}://127.0.0.1:${await freePort()}`], { cwd: dir });
+        const refusedMs = Date.now() - t0;
+        expect([scheme, r.code, r.stderr]).toEqual([scheme, 1, expect.stringMatching(/is unreachable: .*ECONNREFUSED/)]);
+        const t1 = Date.now();
+        const s = await run(['keys', '--store', `${scheme}://127.0.0.1:${silentPort}`], { cwd: dir });
+        const silentMs = Date.now() - t1;
+        expect([scheme, s.code, s.stderr]).toEqual([scheme, 1, expect.stringContaining('is unreachable')]);
+        expect(silentMs).toBeGreaterThanOrEqual(3000);
+        // The process itself takes a second or so to start on a loaded machine; before, refusals took 3 s more.
+        expect(refusedMs).toBeLessThan(silentMs - 1500);
+      }
+    } finally {
+      silent.close();
+    }
+  }, 60_000);
+});
+
+describe('a store that cannot list its keys (as Memcached)', () => {
+  test('keys, inspect and stats say why they cannot work and that invalidate and clear do; those two work', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fragcache-cli-nolist-'));
+    // The store interface without keys(), named as the Memcached store is (no memcached needed for this).
+    writeFileSync(
+      path.join(dir, 'fragcache.config.js'),
+      `const writes = [];
+module.exports = { store: { kind: 'memcache', shared: true,
+  async getMany(keys) { return keys.map(() => undefined); }, async setMany(w) { writes.push(...w); }, async add() { return true; },
+  async deleteMany() {}, async clear() { return undefined; }, async close() {} } };`,
+    );
+    for (const args of [['keys'], ['inspect', 'nav'], ['stats']]) {
+      const r = await run(args, { cwd: dir });
+      expect([args, r.code, r.stderr]).toEqual([args, 1, 'error: the memcache store cannot list its keys (Memcached has no command that lists keys), so keys, inspect and stats cannot work on it; invalidate and clear do\n']);
+    }
+    const inv = await run(['invalidate', 'nav'], { cwd: dir });
+    expect([inv.code, inv.stdout, inv.stderr]).toEqual([0, 'invalidated fragment "nav", every variant (and every fragment containing one)\n', 'note: the memcache store cannot list its keys, so whether any stored entry matched is not known\n']);
+    const clear = await run(['clear'], { cwd: dir });
+    expect([clear.code, clear.stdout]).toEqual([0, expect.stringMatching(/^cleared every key under "fc:"/)]);
+  }, 30_000);
 });
 
 describe('store commands on a SQLite file', () => {

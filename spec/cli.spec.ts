@@ -51,6 +51,7 @@ function cliOnTty(args: string[], env: Record<string, string> = {}): Promise<Run
 
 const ESC = '\x1b[';
 const hasScript = existsSync('/usr/bin/script');
+if (!hasScript && process.env.CI === 'true') throw new Error('/usr/bin/script is missing: CI must run the TTY colour test (apt-get install -y bsdutils)');
 if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run "npm run build" first (npm test does)`);
 
 function tmp(): string {
@@ -122,6 +123,19 @@ describe('fragcache preview', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('Hello Ada\n');
     expect(r.stderr).toMatch(/^greet +"Ada" +fc:1:f:greet\/\w+\/=s3:Ada +miss/m);
+  });
+
+  test('a template written with {% %} under the default angle syntax: a warning names it once and suggests --syntax curly', async () => {
+    const dir = views({ 'curly.njk': 'Hi\n{% include "part.njk" %}\n', 'part.njk': '  {% cache 60 x %}{{ n }}{% endcache %}' });
+    const r = await cli(['preview', 'curly.njk', '--views', dir, '--repeat', '2']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('{% include "part.njk" %}'); // output as text: that is what the warning is about
+    const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning:'));
+    expect(warnings).toEqual([
+      'warning: curly.njk:2:1: "{% include" is a Nunjucks {% %} tag, but this engine uses the angle syntax (<% %>), where it is output as text. Write <% include … %>, or use syntax: \'curly\' (fragcache --syntax curly) for templates written with {% %}.',
+    ]);
+    const curly = await cli(['preview', 'curly.njk', '--views', dir, '--syntax', 'curly']);
+    expect([curly.code, curly.stderr]).toEqual([0, '']);
   });
 
   test('a template without fragments says so', async () => {
@@ -459,7 +473,7 @@ describe('fragcache deps', () => {
     });
     const r = await cli(['deps', 'a.njk', '--views', dir]);
     expect(r.code).toBe(0);
-    expect(r.stdout).toContain('├── include tpl (dynamic: not followed) :1');
+    expect(r.stdout).toContain('├── include tpl (dynamic: not followed, not in the digest; declare it with deps=[…] or {# Template Dependency: … #}) :1');
     expect(r.stdout).toContain('├── gone.njk (not found) :2');
     expect(r.stdout).toContain('│   └── cache inner ttl 5 :1');
     expect(r.stdout).toContain('│       └── a.njk (cycle) :1');

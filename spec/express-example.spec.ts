@@ -1,8 +1,11 @@
 /** The example blog (`examples/express`), driven over real HTTP. */
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import http from 'node:http';
+import path from 'node:path';
 import request from 'supertest';
 import { createApp } from '../examples/express/server';
+import { describeWith, freePort, need, redis, until, type TestServer } from './support/servers';
 
 let blog: ReturnType<typeof createApp>;
 let server: http.Server;
@@ -76,4 +79,39 @@ describe('example blog', () => {
     expect(strip(uncached.text)).toBe(strip(cached.text));
     expect(blog.engine.stats().fragments['article-body'].hits).toBe(1);
   });
+});
+
+describeWith(need(redis), 'example blog process on Redis', () => {
+  let redisServer: TestServer;
+  beforeAll(async () => (redisServer = await redis.get!()));
+  afterAll(() => redisServer?.stop());
+
+  // The server process exits by itself on SIGTERM and on SIGINT: the HTTP server and the engine's Redis
+  // connection are closed (before, SIGTERM left the Redis socket open and the process running).
+  it.each(['SIGTERM', 'SIGINT'] as const)('%s closes the HTTP server and the engine, and the process exits', async (signal) => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [require.resolve('tsx/cli'), path.join(__dirname, '..', 'examples', 'express', 'server.ts')], {
+      env: { ...process.env, PORT: String(port), FRAGCACHE_STORE: redisServer.url },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const exited = once(child, 'exit');
+    try {
+      await until('the example to listen', () => out.includes('example blog on'), 15_000, 50);
+      const page = await fetch(`http://127.0.0.1:${port}/articles/1`);
+      expect(page.status).toBe(200);
+      await page.text();
+      child.kill(signal);
+      const t0 = performance.now();
+      let timer: NodeJS.Timeout | undefined;
+      const [code] = await Promise.race([exited, new Promise<[string]>((r) => (timer = setTimeout(() => r(['still running after 5 s']), 5000)))]);
+      clearTimeout(timer);
+      expect([code, out]).toEqual([0, expect.stringContaining(`${signal}: shutting down`)]);
+      expect(performance.now() - t0).toBeLessThan(5000);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 30_000);
 });

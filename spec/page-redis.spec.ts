@@ -114,6 +114,8 @@ describeWith(need(redisAvailability, true), 'fixed: page cache keys on Redis (re
     const stored = new Promise((r) => cache.once('store', r));
     await request(s).get('/site/ok').expect(200);
     await stored;
+    // The page's single-flight lock goes just after the store.
+    await until('the page lock to be released', async () => [...(await keysWithTtl(prefix)).keys()].every((k) => !k.includes(':pl:')));
     const keys = await keysWithTtl(prefix);
     expect([...keys.keys()].filter((k) => k.includes(':tag:p/'))).toHaveLength(1);
     expect(keys.size).toBe(3); // header list, page, URL tag

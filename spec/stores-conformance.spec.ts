@@ -293,4 +293,17 @@ describe('sqlite store across connections', () => {
     expect(() => createStore('sqlite://')).toThrow(/option "store".*sqlite:\/\//);
     expect(() => new SqliteStore(path.join(tmp, 'x.db'), { table: 'x; drop' })).toThrow(/option "table"/);
   });
+
+  it('rejects store URL query parameters it does not know, naming them and the accepted ones, and quotes bad values as written', () => {
+    // Thrown before any connection is opened (nothing to close).
+    expect(() => createStore('redis://127.0.0.1:1?bogus=1')).toThrow('option "store": unknown query parameter "bogus": redis:// URLs accept "connectTimeout", "maxBackoffMs", "l1", got "redis://127.0.0.1:1?bogus=1"');
+    expect(() => createStore('redis://127.0.0.1:1?l1=yes')).toThrow('option "l1": expected 1, true, 0 or false, got "yes"');
+    expect(() => createStore('redis://127.0.0.1:1?connectTimeout=soon')).toThrow('option "connectTimeout": expected a positive number of milliseconds, got "soon"');
+    expect(() => createStore('memory://?maxBytes=abc')).toThrow('option "maxBytes": expected a positive whole number of bytes, got "abc"');
+    expect(() => createStore('memory://?maxbytes=100')).toThrow(/unknown query parameter "maxbytes": memory:\/\/ URLs accept "maxBytes"/);
+    expect(() => createStore('memcache://127.0.0.1:1?timeout=1&ttl=5')).toThrow(/unknown query parameter "ttl": memcache:\/\/ URLs accept "timeout"/);
+    expect(() => createStore('memcache://127.0.0.1:1?timeout=x')).toThrow('option "timeout": expected a positive number of milliseconds, got "x"');
+    expect(() => createStore(`sqlite://${path.join(tmp, 'q.db')}?tabel=x`)).toThrow(/unknown query parameter "tabel": sqlite:\/\/ URLs accept "table"/);
+    expect(fs.existsSync(path.join(tmp, 'q.db'))).toBe(false);
+  });
 });

@@ -1,5 +1,5 @@
 import nunjucks from 'nunjucks';
-import { CacheExtension, createEngine, FragmentArgumentError, TemplateError } from '../lib';
+import { CacheExtension, createEngine, FragmentArgumentError, TemplateError, type FragcacheWarning } from '../lib';
 import { counter, views } from './support/views';
 
 function engineWith(files: Record<string, string> = {}, syntax: 'angle' | 'curly' = 'angle') {
@@ -90,6 +90,37 @@ describe('the cache tag: syntax', () => {
   });
 });
 
+describe('a template written with {% %} under the angle syntax', () => {
+  it('emits one warning per template, naming it with line and column and suggesting syntax: curly', async () => {
+    const { engine } = engineWith({ 'a.njk': 'x\n  {%- cache 60 y %}1{% endcache %}', 'b.njk': '<% cache 60 z %>{{ "{%" }} if %}<% endcache %>', 'c.njk': 'a {% b %} c' });
+    const warnings: FragcacheWarning[] = [];
+    engine.on('warning', (w) => warnings.push(w));
+    await engine.render('a.njk');
+    await engine.render('a.njk');
+    expect(await engine.render('c.njk')).toBe('a {% b %} c'); // not a Nunjucks tag: no warning
+    expect(await engine.render('b.njk')).toBe('{% if %}'); // "{%" in an expression: no warning
+    expect(warnings.map((w) => [w.template, w.line, w.column, w.message])).toEqual([
+      ['a.njk', 2, 3, expect.stringMatching(/^a\.njk:2:3: "\{%- cache" is a Nunjucks \{% %\} tag, but this engine uses the angle syntax .* syntax: 'curly'/)],
+    ]);
+    expect(warnings[0].kind).toBe('syntax');
+  });
+
+  it('says nothing under the curly syntax, and goes to process.emitWarning without a listener', async () => {
+    const curly = engineWith({ 'a.njk': '{% cache 60 y %}1{% endcache %}' }, 'curly').engine;
+    const emitted = jest.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
+    try {
+      expect(await curly.render('a.njk')).toBe('1');
+      expect(emitted).not.toHaveBeenCalled();
+      const angle = engineWith({ 'a.njk': '{% if x %}1{% endif %}' }).engine;
+      await angle.render('a.njk');
+      expect(emitted).toHaveBeenCalledTimes(1);
+      expect(emitted.mock.calls[0][0]).toMatch(/^a\.njk:1:1: "\{% if" is a Nunjucks/);
+    } finally {
+      emitted.mockRestore();
+    }
+  });
+});
+
 describe('the cache tag: errors', () => {
   const compileCases: [string, string, RegExp, number, number][] = [
     ['no arguments', 'ok\n  <% cache %>x<% endcache %>', /needs a ttl and a name/, 2, 6],
@@ -154,5 +185,22 @@ describe('the cache tag: errors', () => {
     const err = await errorOf(engine.render('nope.njk'));
     expect(err).toBeInstanceOf(TemplateError);
     expect(err.message).toMatch(/template not found: nope\.njk/);
+  });
+
+  test('a missing include, import or parent names the template that pulls it in, with line and column', async () => {
+    const { engine } = engineWith({
+      'page.njk': 'a\n<% cache 60 box %>\n  <% include "part.njk" %>\n<% endcache %>',
+      'part.njk': 'x\n\n    <% include "gone.njk" %>',
+      'child.njk': '<% extends "no-layout.njk" %>',
+      'macros.njk': '<% import "no-macros.njk" as m %>{{ m.x() }}',
+    });
+    const where = async (name: string) => {
+      const err = await errorOf(engine.render(name));
+      expect(err).toBeInstanceOf(TemplateError);
+      return [err.message, err.template, err.line, err.column];
+    };
+    expect(await where('page.njk')).toEqual(['part.njk:3:8: template not found: gone.njk', 'part.njk', 3, 8]);
+    expect(await where('child.njk')).toEqual(['child.njk:1:4: template not found: no-layout.njk', 'child.njk', 1, 4]);
+    expect(await where('macros.njk')).toEqual(['macros.njk:1:4: template not found: no-macros.njk', 'macros.njk', 1, 4]);
   });
 });

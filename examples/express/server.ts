@@ -5,6 +5,7 @@
  * Run: `npm run example` (port from PORT, default 3000). Try `curl -i localhost:3000/articles/1` twice, then
  * `curl -X PUT -H 'content-type: application/json' -d '{"title":"New"}' localhost:3000/articles/1`.
  */
+import type http from 'node:http';
 import path from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { createEngine, type Engine, type StoreSpec } from '../../lib';
@@ -24,12 +25,17 @@ export interface AppOptions {
   store?: StoreSpec;
   /** Key prefix (tests use a unique one on shared stores). */
   prefix?: string;
+  /** Time budget of each store call in ms (the engine's `timeout`). */
+  timeout?: number;
+  /** The users of the cookie session (default: alice and bob). Load tests bring many. */
+  users?: Record<string, (typeof USERS)[string]>;
 }
 
 /** Builds the app. Tests drive it over HTTP; `close()` waits for invalidations and closes the stores. */
 export function createApp(options: AppOptions = {}): { app: express.Express; engine: Engine; articles: Articles; close(): Promise<void> } {
-  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix });
+  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout });
   const articles = new Articles();
+  const users = options.users ?? USERS;
   // Saving an article drops its card, its cached body and its cached pages (all tagged `article:<id>`).
   engine.invalidateOn(articles, 'saved', (a: { id: number }) => ({ tags: [`article:${a.id}`] }));
 
@@ -41,7 +47,7 @@ export function createApp(options: AppOptions = {}): { app: express.Express; eng
   // A cookie "session" without real auth: `Cookie: uid=alice`.
   app.use((req, res, next) => {
     const uid = /(?:^|;\s*)uid=([^;]*)/.exec(req.headers.cookie ?? '')?.[1];
-    req.user = uid ? USERS[uid] : undefined;
+    req.user = uid && Object.hasOwn(users, uid) ? users[uid] : undefined;
     res.locals.user = req.user;
     res.locals.userId = req.user?.id ?? null;
     next();
@@ -104,9 +110,28 @@ export function createApp(options: AppOptions = {}): { app: express.Express; eng
   return { app, engine, articles, close: () => engine.close() };
 }
 
+/**
+ * Graceful shutdown: stop accepting connections, let requests in flight finish, then close the engine (its store
+ * connections), after which nothing is left to keep the process alive. Resolves when done.
+ */
+export async function shutdown(server: http.Server, close: () => Promise<void>): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeIdleConnections(); // keep-alive sockets with no request would hold server.close() open
+  await closed;
+  await close();
+}
+
 if (require.main === module) {
-  const { app } = createApp({ store: process.env.FRAGCACHE_STORE });
+  const { app, close } = createApp({ store: process.env.FRAGCACHE_STORE });
   const port = Number(process.env.PORT ?? 3000);
   const server = app.listen(port, '127.0.0.1', () => console.log(`fragcache example blog on http://127.0.0.1:${port}/`));
-  process.on('SIGTERM', () => server.close());
+  const stop = (signal: string) => {
+    console.log(`${signal}: shutting down`);
+    shutdown(server, close).catch((err) => {
+      console.error(err);
+      process.exitCode = 1;
+    });
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
 }

@@ -17,7 +17,9 @@ export function renderTree(root: DepNode, c: Colors): string {
         return `${c.cyan('cache')} ${c.bold(n.name)} ${c.dim(`ttl ${n.ttl}${vary}`)}${at}`;
       }
       case 'dynamic':
-        return `${c.yellow(n.name)} ${c.dim('(dynamic: not followed)')}${at}`;
+        return `${c.yellow(n.name)} ${c.dim('(dynamic: not followed, not in the digest; declare it with deps=[…] or {# Template Dependency: … #})')}${at}`;
+      case 'declared':
+        return `${c.magenta('declared')} ${n.name} ${c.dim('(in the digest)')}`;
       case 'missing':
         return `${c.red(n.name)} ${c.red('(not found)')}${at}`;
       case 'cycle':

@@ -53,12 +53,43 @@ export interface Column {
   header: string;
   align?: 'left' | 'right';
   color?: (cell: string, row: number) => string;
+  /**
+   * May be cut to fit the width: `middle` keeps both ends (keys: the prefix and the vary part), `end` the start.
+   * Columns are cut in the order given by `shrinkOrder` (lowest first), each down to `min` characters (default 12).
+   */
+  shrink?: 'middle' | 'end';
+  shrinkOrder?: number;
+  min?: number;
 }
 
-/** Aligned plain-text table. */
-export function table(columns: Column[], rows: string[][], c: Colors): string {
+/** Cuts a string to `width` characters with an ellipsis (in the middle or at the end). */
+export function cut(text: string, width: number, where: 'middle' | 'end' = 'end'): string {
+  if (text.length <= width) return text;
+  if (width <= 1) return '…'.slice(0, width);
+  if (where === 'end') return `${text.slice(0, width - 1)}…`;
+  const head = Math.ceil((width - 1) / 2);
+  return `${text.slice(0, head)}…${text.slice(text.length - (width - 1 - head))}`;
+}
+
+/**
+ * Aligned plain-text table. With `width`, shrinkable columns are cut so that each line fits in it (as far as
+ * their minimum widths allow).
+ */
+export function table(columns: Column[], rows: string[][], c: Colors, width?: number): string {
   const widths = columns.map((col, i) => Math.max(col.header.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const cell = (text: string, i: number) => (columns[i].align === 'right' ? text.padStart(widths[i]) : text.padEnd(widths[i]));
+  if (width !== undefined && width > 0) {
+    let over = widths.reduce((a, b) => a + b, 0) + 2 * (columns.length - 1) - width;
+    const order = columns.map((col, i) => ({ col, i })).filter((x) => x.col.shrink).sort((a, b) => (a.col.shrinkOrder ?? 0) - (b.col.shrinkOrder ?? 0));
+    for (const { col, i } of order) {
+      if (over <= 0) break;
+      const min = Math.max(col.min ?? 12, col.header.length);
+      const take = Math.min(over, Math.max(0, widths[i] - min));
+      widths[i] -= take;
+      over -= take;
+    }
+  }
+  const fit = (text: string, i: number) => cut(text, widths[i], columns[i].shrink ?? 'end');
+  const cell = (text: string, i: number) => (columns[i].align === 'right' ? fit(text, i).padStart(widths[i]) : fit(text, i).padEnd(widths[i]));
   const lines = [columns.map((col, i) => c.bold(cell(col.header, i))).join('  ').trimEnd()];
   rows.forEach((r, ri) => {
     lines.push(

@@ -63,12 +63,20 @@ Configuration: fragcache.config.js / fragcache.config.json / package.json "fragc
 
 Exit codes: 0 ok, 1 error (template, file, store), 2 usage.
 
-Examples:
-  $ fragcache preview page.njk --data templates/data/page.yaml --explain
+Examples (in an empty folder, fragcache init first):
+  $ fragcache init                           # example templates in views/, and a config pointing at them
+  $ fragcache preview page.njk --data views/data/page.yaml --explain
   $ fragcache serve --port 3000
   $ fragcache deps page.njk
   $ FRAGCACHE_STORE=redis://localhost:6379 fragcache keys 'article-*'`,
     );
+
+  p.command('init')
+    .description('write example templates (a page with cached fragments, partials, a data file) to try the other commands on')
+    .argument('[dir]', 'folder to write them to', 'views')
+    .option('--force', 'write into a folder that is not empty (same-named files are replaced)')
+    .addHelpText('after', '\nExamples:\n  $ fragcache init\n  $ fragcache init site/views')
+    .action(async (dir: string, opts) => (await import('./init')).init(dir, opts));
 
   common(
     p
@@ -77,16 +85,17 @@ Examples:
       .argument('<template>', 'template path under the views, e.g. page.njk')
       .option('-d, --data <file>', 'template data: a .json, .yaml or .yml file')
       .option('-e, --explain', 'print a table of every fragment to stderr')
-      .option('-r, --repeat <n>', 'render n times: the first run misses, the next ones hit (timings per run)', whole(1, 100_000)),
+      .option('-r, --repeat <n>', 'render n times: the first run misses, the next ones hit (timings per run)', whole(1, 100_000))
+      .option('--wide', 'show whole keys in the --explain table (by default it fits the terminal width)'),
     { views: true, syntax: true },
   )
     .addHelpText(
       'after',
       `
 Examples:
-  $ fragcache preview page.njk --data templates/data/page.yaml --explain
-  $ fragcache preview page.njk -d data.json --repeat 3 --explain > out.html
-  $ fragcache preview article.njk --views site/views --store redis://localhost:6379`,
+  $ fragcache preview page.njk --data views/data/page.yaml --explain
+  $ fragcache preview page.njk -d views/data/page.yaml --repeat 3 --explain > out.html
+  $ fragcache preview article.njk -d views/data/article.yaml --views views --store redis://localhost:6379`,
     )
     .action(async (template: string, opts) => (await import('./preview')).preview(template, opts));
 
@@ -103,8 +112,8 @@ Examples:
       'after',
       `
 Examples:
-  $ fragcache serve                        # http://127.0.0.1:3000/page renders page.njk with data/page.yaml
-  $ fragcache serve --port 8080 --views site/views --data-dir site/data
+  $ fragcache serve                        # http://127.0.0.1:3000/page renders page.njk with views/data/page.yaml
+  $ fragcache serve --port 8080 --views views --data-dir views/data
   open http://127.0.0.1:3000/page?fragcache=debug to outline each fragment with its name, hit/miss and age`,
     )
     .action(async (opts) => (await import('./serve')).serve(opts));
@@ -128,9 +137,29 @@ Examples:
 
   common(
     p
+      .command('lint')
+      .description('the leak guard, for CI: every cache block that reads data it does not vary on, or emits a per-request secret (exit 1 when any)')
+      .argument('[templates...]', 'template paths under the views (default: every .njk/.html/.nunjucks file)')
+      .option('--shared <names>', 'variables that are the same for every request, comma-separated (e.g. site,nav)')
+      .option('--json', 'print { templates, problems, notes } as JSON'),
+    { views: true, syntax: true },
+  )
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ fragcache lint
+  $ fragcache lint layout.njk partials/sidebar.njk --shared site,nav
+  $ fragcache lint --json | jq '.problems[].message'`,
+    )
+    .action(async (templates: string[], opts) => (await import('./lint-command')).lint(templates, opts));
+
+  common(
+    p
       .command('keys')
       .description('list the keys of the configured store under the prefix (fragments, values, tag versions)')
       .argument('[pattern]', 'glob (* and ?) matched against the fragment name or the whole key')
+      .option('--wide', 'show whole keys (by default the table fits the terminal width)')
       .option('--json', 'print JSON'),
   )
     .addHelpText(
@@ -157,7 +186,7 @@ Examples:
 Examples:
   $ fragcache inspect front-page
   $ fragcache inspect sidebar 7 --json          # vary on the number 7, not the string "7"
-  $ fragcache inspect article-card 1 2026-11-20T10:00:00Z --json   # fails: JSON strings need quotes: '"2026-…"'`,
+  $ fragcache inspect sidebar --store redis://localhost:6379`,
     )
     .action(async (name: string, vary: string[], opts) => (await import('./store-commands')).inspect(name, vary, opts));
 
@@ -187,6 +216,7 @@ Examples:
     p
       .command('stats')
       .description('what the configured store holds under the prefix: entries and bytes per fragment name, values, tags')
+      .option('--wide', 'show whole names and URLs (by default the tables fit the terminal width)')
       .option('--json', 'print JSON'),
   )
     .addHelpText('after', '\nExamples:\n  $ fragcache stats --store redis://localhost:6379\n  $ fragcache stats --json')

@@ -20,6 +20,17 @@ export function colorsFor(stream: NodeJS.WriteStream): Colors {
   return pc.createColors(on);
 }
 
+/**
+ * The width tables must fit in on this stream: the terminal's columns, else `COLUMNS` when set, else none (a
+ * pipe or file gets whole lines). `wide` (the `--wide` flag) turns fitting off.
+ */
+export function tableWidth(stream: NodeJS.WriteStream, wide?: boolean): number | undefined {
+  if (wide) return undefined;
+  if (stream.isTTY && stream.columns > 0) return stream.columns;
+  const env = Number(process.env.COLUMNS);
+  return Number.isSafeInteger(env) && env > 0 ? env : undefined;
+}
+
 /** A place in a file (1-based line and column), for quoting the offending line under an error. */
 export interface SourcePosition {
   file: string;

@@ -21,6 +21,8 @@ export interface KeyInfo {
   varyPart?: string;
   /** Decoded vary values when the part is verbatim (pages: the varied request headers as `[name, value]` pairs, then the extra key). */
   vary?: unknown[];
+  /** Fragments whose vary part is a hash: the readable form of the values stored with the entry, when there is one. */
+  varyPreview?: string;
   /** Pages: `protocol://host/path?query` (just the path and query when the key holds a hash of it). */
   url?: string;
   /** Pages stored under a page key prefix (`pageCache({ prefix })`): that prefix. */
@@ -35,7 +37,9 @@ export function keyInfo(key: string, prefix: string, version: string, entry?: { 
     const rest = key.slice(base.length + 2);
     const [name, digest, ...v] = rest.split('/');
     const varyPart = v.join('/');
-    return { kind: 'fragment', name, digest, varyPart, vary: decodeVaryPart(varyPart) };
+    const info: KeyInfo = { kind: 'fragment', name, digest, varyPart, vary: decodeVaryPart(varyPart) };
+    if (!info.vary && typeof entry?.meta?.vary === 'string') info.varyPreview = entry.meta.vary;
+    return info;
   }
   if (key.startsWith(`${base}k:`)) {
     const part = key.slice(base.length + 2);
@@ -82,6 +86,7 @@ function pageUrl(rest: string): { url?: string; pagePrefix?: string; end?: numbe
 
 /** A tag id as people wrote it: `name:front-page`, `variant:sidebar(7)`, `tag:article:1`, `url:/articles?page=2` (the tag every page of a URL carries). */
 export function describeTag(id: string): string {
+  if (id === 'last') return 'time of the latest invalidation';
   if (id.startsWith('n/')) return `name:${id.slice(2)}`;
   if (id.startsWith('v/')) {
     const [, name, ...v] = id.split('/');

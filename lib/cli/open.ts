@@ -10,15 +10,24 @@ import { FragcacheError } from '../errors';
 import { createStore } from '../stores';
 import type { Store } from '../store';
 import { describeStore, isMemory, type CliConfig } from './config';
-import { CliError } from './io';
+import { CliError, colorsFor } from './io';
 
 /** How long a store may take to answer the first call before the CLI calls it unreachable. */
 const PROBE_MS = 3000;
 
+/** True when an error (or its cause, or one of an AggregateError's errors) is a refused TCP connection. */
+function refused(err: unknown, depth = 0): boolean {
+  if (!err || typeof err !== 'object' || depth > 4) return false;
+  const e = err as { code?: unknown; cause?: unknown; errors?: unknown };
+  if (e.code === 'ECONNREFUSED') return true;
+  return refused(e.cause, depth + 1) || (Array.isArray(e.errors) && e.errors.some((x) => refused(x, depth + 1)));
+}
+
 /**
  * Reads one key until the store answers, for up to {@link PROBE_MS}: a store that fails fast while it
  * connects (Redis without an offline queue) gets the time to connect; one that is down or misconfigured
- * fails here, with its name and the last connection error.
+ * fails here, with its name and the last connection error. A refused connection (nothing listens there) fails
+ * at once; a timeout waits the whole budget.
  */
 export async function probe(cache: FragmentCache, spec: CliConfig['store']): Promise<void> {
   const deadline = Date.now() + PROBE_MS;
@@ -28,8 +37,8 @@ export async function probe(cache: FragmentCache, spec: CliConfig['store']): Pro
       await cache.guard.run('getMany', () => cache.store.getMany([`${cache.prefix}:probe`]), Math.max(left, 1));
       return;
     } catch (err) {
-      if (Date.now() + delay >= deadline) {
-        const last = (cache.store as { lastError?: unknown }).lastError;
+      const last = (cache.store as { lastError?: unknown }).lastError;
+      if (Date.now() + delay >= deadline || refused(err) || refused(last)) {
         const why = last instanceof Error ? last.message : err instanceof Error ? err.message : String(err);
         throw new CliError(`${typeof spec === 'string' ? `store ${describeStore(spec)}` : describeStore(spec)} is unreachable: ${why}`, 1, { cause: err });
       }
@@ -51,6 +60,8 @@ export async function openEngine(config: CliConfig, extra: { noCache?: boolean }
   } catch (err) {
     storeError(err, config);
   }
+  // Leak guard findings and dynamic dependencies, as the CLI prints warnings (stderr: stdout stays the HTML).
+  engine.on('warning', (w) => process.stderr.write(`${colorsFor(process.stderr).yellow('warning')}: ${w.message}\n`));
   if (!isMemory(config.store)) {
     try {
       await probe(engine.cache, config.store);

@@ -9,7 +9,7 @@ import type { FragmentTrace } from '../render';
 import { loadConfig, type ConfigFlags } from './config';
 import { loadData } from './data';
 import * as fmt from './format';
-import { CliError, colorsFor, type Colors } from './io';
+import { CliError, colorsFor, tableWidth, type Colors } from './io';
 import { closeQuietly, openEngine } from './open';
 
 /** Options of the preview command. */
@@ -18,10 +18,12 @@ export interface PreviewOptions extends ConfigFlags {
   /** Renders (validated by the command line parser). */
   repeat?: number;
   explain?: boolean;
+  /** Tables show whole keys instead of fitting the terminal. */
+  wide?: boolean;
 }
 
 /** The explain table of one render. Nested fragments are indented under the one that contains them. */
-export function explainTable(fragments: readonly FragmentTrace[], c: Colors): string {
+export function explainTable(fragments: readonly FragmentTrace[], c: Colors, width?: number): string {
   if (!fragments.length) return c.dim('  (no cache fragments in this render)');
   const status = (s: string) => {
     const t = s.trim();
@@ -39,17 +41,18 @@ export function explainTable(fragments: readonly FragmentTrace[], c: Colors): st
   ]);
   return fmt.table(
     [
-      { header: 'fragment', color: (s) => c.cyan(s) },
-      { header: 'vary' },
-      { header: 'key', color: (s) => c.dim(s) },
+      { header: 'fragment', color: (s) => c.cyan(s), shrink: 'end', shrinkOrder: 3, min: 10 },
+      { header: 'vary', shrink: 'end', shrinkOrder: 2, min: 8 },
+      { header: 'key', color: (s) => c.dim(s), shrink: 'middle', shrinkOrder: 0, min: 12 },
       { header: 'status', color: status },
       { header: 'time', align: 'right' },
       { header: 'size', align: 'right' },
       { header: 'ttl left', align: 'right' },
-      { header: 'tags' },
+      { header: 'tags', shrink: 'end', shrinkOrder: 1, min: 8 },
     ],
     rows,
     c,
+    width,
   );
 }
 
@@ -62,6 +65,7 @@ export async function preview(template: string, options: PreviewOptions): Promis
   const engine = await openEngine(config);
   // A store that fails mid-render never fails the preview; say so once, on stderr.
   engine.on('error', (e) => process.stderr.write(`${err.yellow('warning')}: ${e.message}\n`));
+  engine.on('warning', (w) => process.stderr.write(`${err.yellow('warning')}: ${w.message}\n`));
   // Long repeats: the first runs and the last one in full, then a summary of the repeat runs.
   const shown = (run: number) => run <= 5 || run === repeat;
   const times: number[] = [];
@@ -87,7 +91,7 @@ export async function preview(template: string, options: PreviewOptions): Promis
           .join(', ');
         const head = `${err.bold(`run ${run}/${repeat}`)}  ${fmt.ms(total)}  ${result.passes} pass${result.passes > 1 ? 'es' : ''}  ${summary}  ${err.dim(`(${template}, store ${engine.cache.store.kind})`)}`;
         process.stderr.write(`${head}\n`);
-        if (options.explain) process.stderr.write(`${explainTable(result.fragments, err)}\n\n`);
+        if (options.explain) process.stderr.write(`${explainTable(result.fragments, err, tableWidth(process.stderr, options.wide))}\n\n`);
       }
     }
     if (times.length >= 2) {

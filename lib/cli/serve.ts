@@ -95,6 +95,7 @@ export async function serve(options: ServeOptions): Promise<void> {
   const engine: Engine = await openEngine(config, { noCache: true });
   const log = colorsFor(process.stderr);
   engine.on('error', (e) => process.stderr.write(`${log.yellow('warning')}: ${e.message}\n`));
+  engine.on('warning', (w) => process.stderr.write(`${log.yellow('warning')}: ${w.message}\n`));
   const clients = new Set<http.ServerResponse>();
   /** Renders in progress: a change waits for them, so none stores what changed after the cache was emptied. */
   const inflight = new Set<Promise<unknown>>();
@@ -129,10 +130,11 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (!template) return send(404, errorPage('Not found', `no template for ${url.pathname} under ${config.views.join(', ')}`));
     const debug = url.searchParams.get('fragcache') === 'debug';
     const started = performance.now();
+    const since = Date.now(); // before the data file is read: what renders store is never older than an invalidation
     try {
       const dataFile = dataFileFor(dataDir, template);
       const data = dataFile ? loadData(dataFile) : {};
-      const rendering = engine.explain(template, data, { annotate: debug });
+      const rendering = engine.explain(template, data, { annotate: debug, since });
       inflight.add(rendering);
       const result = await rendering.finally(() => inflight.delete(rendering));
       let html = result.html;
@@ -147,9 +149,10 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
   }
 
-  // A fragment's key changes with its block's source, not with its data or with the templates it
-  // includes: after a change, cached fragments would be served stale until their TTL. So every change
-  // empties what this server cached before the pages reload. The in-process memory store is emptied
+  // A fragment's key changes with its block's source and the templates it depends on (dependency digests:
+  // the loader has noCache, so an edited template recompiles with new digests and exactly the fragments
+  // that depend on it miss), not with its data: after a data change, cached fragments would be served stale
+  // until their TTL. So a data change empties what this server cached before the pages reload. The in-process memory store is emptied
   // whole; on a shared store only the entries this server rendered or served are deleted (whatever
   // else is under the prefix belongs to other processes).
   const memory = isMemory(config.store);
@@ -180,7 +183,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     changes = changes.then(async () => {
       try {
         await Promise.allSettled([...inflight]);
-        await forget();
+        if (path.resolve(file).startsWith(dataDir + path.sep)) await forget();
       } catch (err) {
         process.stderr.write(`${log.yellow('warning')}: could not empty the cache after ${path.relative(process.cwd(), file)} changed: ${(err as Error)?.message ?? err}\n`);
       }

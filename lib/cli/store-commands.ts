@@ -10,7 +10,7 @@ import { OptionError } from '../errors';
 import { encodeValue, namePart, varyPart } from '../keys';
 import { describeStore, loadConfig, type CliConfig, type ConfigFlags } from './config';
 import * as fmt from './format';
-import { CliError, colorsFor, progress, type Colors } from './io';
+import { CliError, colorsFor, progress, tableWidth, type Colors } from './io';
 import { describeTag, globToRegExp, keyInfo, type KeyInfo } from './keyinfo';
 import { closeQuietly, openCache } from './open';
 
@@ -30,7 +30,10 @@ async function withCache(options: ConfigFlags, fn: (cache: FragmentCache, config
 /** Every key under `prefix`, with a progress line on a TTY. */
 async function scan(cache: FragmentCache, prefix: string, filter: (k: string) => boolean = () => true): Promise<string[]> {
   const store = cache.store;
-  if (!store.keys) throw new CliError(`the ${store.kind} store cannot list its keys, so keys, inspect, stats and clear cannot work on it`);
+  if (!store.keys) {
+    const why = store.kind === 'memcache' ? ' (Memcached has no command that lists keys)' : '';
+    throw new CliError(`the ${store.kind} store cannot list its keys${why}, so keys, inspect and stats cannot work on it; invalidate and clear do`);
+  }
   const bar = progress();
   const out: string[] = [];
   let seen = 0;
@@ -80,6 +83,7 @@ function parseVary(values: readonly string[], json: boolean | undefined): unknow
 function about(info: KeyInfo): string {
   switch (info.kind) {
     case 'fragment':
+      if (info.varyPreview) return `${info.name} (${info.varyPreview})`;
       return info.vary?.length ? `${info.name} (${fmt.vary(info.vary)})` : (info.name ?? '');
     case 'page':
     case 'page-vary': {
@@ -95,7 +99,7 @@ function about(info: KeyInfo): string {
 }
 
 /** `fragcache keys [pattern]`. */
-export async function keys(pattern: string | undefined, options: ConfigFlags & { json?: boolean }): Promise<void> {
+export async function keys(pattern: string | undefined, options: ConfigFlags & { json?: boolean; wide?: boolean }): Promise<void> {
   await withCache(options, async (cache, config) => {
     const re = pattern ? globToRegExp(pattern) : undefined;
     const match = (k: string) => {
@@ -120,6 +124,7 @@ export async function keys(pattern: string | undefined, options: ConfigFlags & {
         ...(info.url !== undefined || info.kind === 'page' || info.kind === 'page-vary' ? { url: info.url ?? null } : {}),
         ...(info.pagePrefix ? { pagePrefix: info.pagePrefix } : {}),
         vary: info.vary,
+        ...(info.varyPreview ? { varyPreview: info.varyPreview } : {}),
         size: e?.body.length,
         ttlLeft: ttlLeft(e, now),
         age: e ? (now - e.created) / 1000 : undefined,
@@ -137,15 +142,16 @@ export async function keys(pattern: string | undefined, options: ConfigFlags & {
     process.stdout.write(
       `${fmt.table(
         [
-          { header: 'key' },
+          { header: 'key', shrink: 'middle', min: 20 },
           { header: 'kind', color: (s) => c.cyan(s) },
           { header: 'size', align: 'right' },
           { header: 'ttl left', align: 'right' },
           { header: 'age', align: 'right' },
-          { header: 'name / url' },
+          { header: 'name / url', shrink: 'end', shrinkOrder: 1, min: 16 },
         ],
         rows.map((r, i) => [r.key, r.kind, r.size === undefined ? '(gone)' : fmt.size(r.size), fmt.seconds(r.ttlLeft), r.age === undefined ? '-' : fmt.seconds(r.age), about(infos[i])]),
         c,
+        tableWidth(process.stdout, options.wide),
       )}\n${c.dim(`${rows.length} key${rows.length === 1 ? '' : 's'}`)}\n`,
     );
   });
@@ -184,7 +190,7 @@ export async function inspect(name: string, vary: string[], options: ConfigFlags
     const now = Date.now();
     const own = new Set([`n/${namePart(name)}`]);
     const items = found
-      .map((key, i) => ({ key, info: keyInfo(key, cache.prefix, cache.version), e: entries[i] }))
+      .map((key, i) => ({ key, info: keyInfo(key, cache.prefix, cache.version, entries[i]), e: entries[i] }))
       .filter((x): x is { key: string; info: KeyInfo; e: Entry } => x.e !== undefined)
       .map(({ key, info, e }) => {
         const ids = tagKeysOf(e).map((k) => k.slice(cache.prefix.length + 5));
@@ -195,6 +201,7 @@ export async function inspect(name: string, vary: string[], options: ConfigFlags
           digest: info.digest,
           vary: info.vary ?? null,
           varyHashed: info.vary === undefined,
+          varyPreview: info.varyPreview,
           valid: !why,
           reason: why,
           created: new Date(e.created).toISOString(),
@@ -219,7 +226,7 @@ export async function inspect(name: string, vary: string[], options: ConfigFlags
       const field = (label: string, value: string) => `  ${c.dim(label.padEnd(10))}  ${value}`;
       return [
         c.bold(it.key),
-        field('vary', it.varyHashed ? c.dim('(hashed: long or non-ASCII values)') : it.vary!.length ? fmt.vary(it.vary!, 200) : c.dim('(none)')),
+        field('vary', it.varyHashed ? (it.varyPreview ? `${it.varyPreview} ${c.dim('(hashed in the key)')}` : c.dim('(hashed: long or non-ASCII values)')) : it.vary!.length ? fmt.vary(it.vary!, 200) : c.dim('(none)')),
         field('valid', it.valid ? c.green('yes') : c.red(`no: ${it.reason}`)),
         field('created', `${it.created} (${fmt.seconds(it.age)} ago)`),
         field('ttl left', fmt.seconds(it.ttlLeft)),
@@ -256,7 +263,12 @@ export async function invalidate(
     if (tags) {
       await cache.invalidateTag(...tags);
       process.stdout.write(`invalidated everything tagged ${tags.map((t) => JSON.stringify(t)).join(', ')}\n`);
-    } else if (values.length) {
+      return;
+    }
+    // Only when something matches: an invalidation writes a version record, which a typo would leave behind.
+    if (cache.store.keys) await mustMatch(cache, name!, values, vary, options.json);
+    else process.stderr.write(`note: the ${cache.store.kind} store cannot list its keys, so whether any stored entry matched is not known\n`);
+    if (values.length) {
       await cache.invalidate(name!, values);
       process.stdout.write(`invalidated fragment "${name}" with vary ${fmt.vary(values, 200)} (and every fragment containing it)\n`);
     } else {
@@ -266,8 +278,41 @@ export async function invalidate(
   });
 }
 
+/** A vary tuple with each value's type visible: `7`, `"7"`, `true`, `null`, `2026-11-20T10:00:00.000Z (date)`. */
+function typed(values: readonly unknown[]): string {
+  return values.map((v) => (v instanceof Date ? `${v.toISOString()} (date)` : fmt.vary([v], 60))).join(', ');
+}
+
+/**
+ * Fails (exit 1, nothing written) when no stored entry of fragment `name` (with exactly these vary values, if
+ * given) exists, listing the variants that do exist with their typed values.
+ */
+async function mustMatch(cache: FragmentCache, name: string, values: unknown[], raw: readonly string[], json: boolean | undefined): Promise<void> {
+  const under = `${cache.base}f:${namePart(name)}/`;
+  const found = await scan(cache, under);
+  const exact = values.length ? varyPart(values) : undefined;
+  let parts = found.map((k) => keyInfo(k, cache.prefix, cache.version));
+  if (exact === undefined ? found.length : parts.some((p) => p.varyPart === exact)) return;
+  if (parts.some((p) => !p.vary)) {
+    const entries = await read(cache, found); // hashed vary parts: the readable form is stored with the entry
+    parts = found.map((k, i) => keyInfo(k, cache.prefix, cache.version, entries[i]));
+  }
+  let msg = `no stored entry of fragment "${name}"${values.length ? ` with vary ${typed(values)}` : ''} (looked under ${under}): nothing was invalidated`;
+  if (found.length) {
+    const variants = [...new Map(parts.map((p) => [p.varyPart ?? '', p])).values()];
+    const shown = variants.slice(0, 20).map((p) => `  ${p.vary ? (p.vary.length ? typed(p.vary) : '(no vary values)') : p.varyPreview ? `${p.varyPreview} (hashed in the key)` : `(hashed: ${p.varyPart})`}`);
+    if (variants.length > 20) shown.push(`  … and ${variants.length - 20} more (fragcache keys ${name})`);
+    msg += `. Stored variants of "${name}":\n${shown.join('\n')}`;
+    if (!json && raw.some((v) => /^(-?\d|true$|false$|null$)/.test(v))) msg += '\nVary values are strings unless you add --json (then 7 is the number 7, "7" the string).';
+  } else {
+    const names = new Set((await scan(cache, `${cache.base}f:`)).map((k) => keyInfo(k, cache.prefix, cache.version).name).filter((n): n is string => !!n));
+    msg += names.size ? `. Stored fragment names: ${[...names].sort().slice(0, 30).join(', ')}` : '. The store holds no fragments under this prefix.';
+  }
+  throw new CliError(msg);
+}
+
 /** `fragcache stats`: what the store holds under the prefix. */
-export async function stats(options: ConfigFlags & { json?: boolean }): Promise<void> {
+export async function stats(options: ConfigFlags & { json?: boolean; wide?: boolean }): Promise<void> {
   await withCache(options, async (cache, config) => {
     const found = await scan(cache, `${cache.prefix}:`);
     const entries = await read(cache, found);
@@ -298,13 +343,14 @@ export async function stats(options: ConfigFlags & { json?: boolean }): Promise<
     const c = colorsFor(process.stdout);
     const row = (label: string, a: Agg) => [label, String(a.entries), fmt.size(a.bytes), a.expired ? String(a.expired) : ''];
     const cols = [{ header: '' }, { header: 'entries', align: 'right' as const }, { header: 'bytes', align: 'right' as const }, { header: 'expired', align: 'right' as const }];
+    const width = tableWidth(process.stdout, options.wide);
     let out = `${c.bold(result.store)}  prefix ${result.prefix}:  version ${result.version}  ${found.length} keys\n\n`;
     out += `${fmt.table(cols, Object.entries(kinds).map(([k, a]) => row(k, a)), c)}\n`;
     if (Object.keys(fragments).length) {
-      out += `\n${fmt.table([{ header: 'fragment' }, ...cols.slice(1)], Object.entries(fragments).sort(([a], [b]) => a.localeCompare(b)).map(([k, a]) => row(k, a)), c)}\n`;
+      out += `\n${fmt.table([{ header: 'fragment', shrink: 'end' }, ...cols.slice(1)], Object.entries(fragments).sort(([a], [b]) => a.localeCompare(b)).map(([k, a]) => row(k, a)), c, width)}\n`;
     }
     if (Object.keys(pages).length) {
-      out += `\n${fmt.table([{ header: 'page' }, ...cols.slice(1)], Object.entries(pages).sort(([a], [b]) => a.localeCompare(b)).map(([k, a]) => row(k, a)), c)}\n`;
+      out += `\n${fmt.table([{ header: 'page', shrink: 'middle' }, ...cols.slice(1)], Object.entries(pages).sort(([a], [b]) => a.localeCompare(b)).map(([k, a]) => row(k, a)), c, width)}\n`;
     }
     process.stdout.write(out);
   });

@@ -10,6 +10,7 @@ import { FragmentCache } from '../cache';
 import { tagKeysOf, tagPairs, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import { varyPart } from '../keys';
+import { badHead, badPage } from './check';
 
 /** The parts of a request a page key is made of. */
 export interface PageRequest {
@@ -53,6 +54,25 @@ export function normalPath(url: string): string {
   return normalEscapes(u.pathname + u.search);
 }
 
+/**
+ * The path as Express routes it under its default settings (case-insensitive, trailing slash ignored,
+ * percent-escapes decoded, except `%2F`, which would change the path's segments). Used only for invalidation
+ * tags: the loosest form, so `invalidatePage` drops every copy the app may route to the same path whatever
+ * its `case sensitive routing` / `strict routing` settings (dropping one copy too many only costs a miss).
+ */
+export function routePath(url: string): string {
+  normalPath(url); // validates
+  const u = new URL(url, 'http://x');
+  const path = u.pathname.replace(/(?:%[0-9a-f]{2})+/gi, (run) => {
+    try {
+      return decodeURIComponent(run).replace(/[/%]/g, (c) => encodeURIComponent(c));
+    } catch {
+      return run.toUpperCase(); // not UTF-8: kept escaped, in one letter case
+    }
+  });
+  return path.toLowerCase().replace(/\/+$/, '') || '/';
+}
+
 /** How long an `invalidatePage` record lives: longer than any render that may have started before it. */
 export const INVALIDATION_TTL_MS = 24 * 60 * 60 * 1000;
 
@@ -64,10 +84,11 @@ function newVersion(): string {
 export interface PageTags {
   /** Epoch ms at which the page started (before its tag versions were read). */
   started: number;
-  /** Store key of the page's URL tag. */
-  urlKey: string;
-  /** The URL tag's record as it was when the page started (undefined: there was none; it is created on store). */
-  url: Entry | undefined;
+  /**
+   * The URL tags' records (the route path's, and the path+query's when there is a query) as they were when
+   * the page started (`entry` undefined: there was none; it is created on store).
+   */
+  urls: { key: string; entry: Entry | undefined }[];
   /** Versions of the `tags` option, read (or created) before the route ran. */
   versions: Map<string, string>;
   /** Tags the route named while it ran (`res.locals.cacheTags`), if any. */
@@ -77,6 +98,8 @@ export interface PageTags {
 /** Page entries of one cache under one key prefix (Django's `key_prefix`). */
 export class PageCache {
   private readonly base: string;
+  /** Set once a middleware served (or produced) a page through this: `invalidatePage(url)` then reaches it. */
+  served = false;
 
   constructor(
     readonly cache: FragmentCache,
@@ -87,9 +110,21 @@ export class PageCache {
     this.base = cache.base;
   }
 
-  /** The internal tag every page of one path+query carries, on any host, under any prefix ({@link invalidatePage}). */
+  /**
+   * The internal tags of a page, on any host, under any prefix ({@link invalidatePage}): one for its route
+   * path (every query variant), and one for its path+query when it has a query.
+   */
+  static urlTags(url: string): string[] {
+    const path = routePath(url);
+    const query = new URL(url, 'http://x').search;
+    const tags = [`p/${varyPart([path])}`];
+    if (query.length > 1) tags.push(`q/${varyPart([path, normalEscapes(query)])}`);
+    return tags;
+  }
+
+  /** The tag {@link invalidatePage} bumps for `url`: the path's (no query: every variant), else the path+query's. */
   static urlTag(url: string): string {
-    return `p/${varyPart([normalPath(url)])}`;
+    return PageCache.urlTags(url).at(-1)!;
   }
 
   private urlPart(r: PageRequest): string {
@@ -114,15 +149,25 @@ export class PageCache {
     return `${this.base}pg:${this.urlPart(r)}/${varyPart([values, r.extra])}`;
   }
 
-  /** The valid page for a request, or undefined. Store failures read as a miss (and are reported). */
-  async lookup(r: PageRequest): Promise<PageEntry | undefined> {
-    const head = await this.read(this.headerKey(r));
-    const vary = head?.meta?.vary;
-    if (!Array.isArray(vary)) return undefined;
-    const entry = await this.read(this.pageKey(r, vary as string[]));
-    if (!entry || !entry.meta) return undefined;
-    if (entry.tags && !(await this.tagsValid(entry))) return undefined;
-    return entry as PageEntry;
+  /**
+   * The valid page for a request, or undefined. Store failures read as a miss (and are reported). With
+   * `check` (entries from a shared store), an entry that is not one this cache would have written comes back
+   * as `bad`, with why: the caller treats it as a miss and reports it. A miss for a URL whose `Vary` list is
+   * known says which page key missed (`missed`).
+   */
+  async lookup(r: PageRequest, check = false): Promise<{ entry: PageEntry } | { bad: string; key: string } | { missed: string } | undefined> {
+    const headKey = this.headerKey(r);
+    const head = await this.read(headKey);
+    if (!head) return undefined;
+    const badH = check ? badHead(head) : Array.isArray(head.meta?.vary) ? undefined : 'no Vary list';
+    if (badH) return { bad: badH, key: headKey };
+    const key = this.pageKey(r, head.meta!.vary as string[]);
+    const entry = await this.read(key);
+    if (!entry || !entry.meta) return { missed: key };
+    const bad = check ? badPage(entry) : undefined;
+    if (bad) return { bad, key };
+    if (entry.tags && !(await this.tagsValid(entry))) return { missed: key };
+    return { entry: entry as PageEntry };
   }
 
   private async read(key: string): Promise<Entry | undefined> {
@@ -166,14 +211,17 @@ export class PageCache {
     return out;
   }
 
-  /** Store key of the URL tag of a page ({@link urlTag}). */
+  /** Store key of the URL tag {@link invalidatePage} bumps ({@link urlTag}). */
   urlTagKey(url: string): string {
     return this.cache.tagKey(PageCache.urlTag(url));
   }
 
-  /** Tag store keys for a page: its URL tag and the user tags (validated; `where` names the option). */
-  tagKeys(url: string, tags: unknown, where: string): string[] {
-    return [PageCache.urlTag(url), ...this.cache.userTags(tags, where)].map((t) => this.cache.tagKey(t));
+  /** Tag store keys for a page: its URL tags, then the user tags (validated; `where` names the option). */
+  tagKeys(url: string, tags: unknown, where: string): { urls: string[]; user: string[] } {
+    return {
+      urls: PageCache.urlTags(url).map((t) => this.cache.tagKey(t)),
+      user: this.cache.userTags(tags, where).map((t) => this.cache.tagKey(t)),
+    };
   }
 
   /**
@@ -182,10 +230,10 @@ export class PageCache {
    * the missing ones created, as for fragments (a fragment of the page may carry the same tag). Rejects when
    * the store fails.
    */
-  async startTags(url: string, tags: unknown, where: string): Promise<PageTags> {
+  async startTags(url: string, tags: unknown, where: string, ttlMs: number | null = null): Promise<PageTags> {
     const started = Date.now();
-    const [urlKey, ...userKeys] = this.tagKeys(url, tags, where);
-    const found = await this.readTags([urlKey, ...userKeys]);
+    const { urls: urlKeys, user: userKeys } = this.tagKeys(url, tags, where);
+    const found = await this.readTags([...urlKeys, ...userKeys]);
     const versions = new Map<string, string>();
     const missing: string[] = [];
     for (const k of userKeys) {
@@ -193,8 +241,8 @@ export class PageCache {
       if (e) versions.set(k, e.body);
       else missing.push(k);
     }
-    if (missing.length) for (const [k, v] of await this.cache.tagVersions(missing)) versions.set(k, v);
-    return { started, urlKey, url: found.get(urlKey), versions };
+    if (missing.length) for (const [k, v] of await this.cache.tagVersions(missing, ttlMs)) versions.set(k, v);
+    return { started, urls: urlKeys.map((key) => ({ key, entry: found.get(key) })), versions };
   }
 
   /**
@@ -202,11 +250,11 @@ export class PageCache {
    * whose version record was written after `since` was invalidated while the page was produced: then the
    * page must not be stored, and this resolves undefined.
    */
-  async lateVersions(tagKeys: readonly string[], since: number): Promise<Map<string, string> | undefined> {
+  async lateVersions(tagKeys: readonly string[], since: number, ttlMs: number | null = null): Promise<Map<string, string> | undefined> {
     if (!tagKeys.length) return new Map();
     const found = await this.cache.readMany(tagKeys);
     if (found.some((e) => e && e.created >= since)) return undefined;
-    return this.cache.tagVersions(tagKeys);
+    return this.cache.tagVersions(tagKeys, ttlMs);
   }
 
   /**
@@ -225,8 +273,8 @@ export class PageCache {
     const t = page.tags;
     const versions = new Map(t.versions);
     if (t.late !== undefined) {
-      const keys = this.cache.userTags(t.late, 'res.locals.cacheTags').map((tag) => this.cache.tagKey(tag)).filter((k) => !versions.has(k) && k !== t.urlKey);
-      const late = await this.lateVersions(keys, t.started);
+      const keys = this.cache.userTags(t.late, 'res.locals.cacheTags').map((tag) => this.cache.tagKey(tag)).filter((k) => !versions.has(k));
+      const late = await this.lateVersions(keys, t.started, 2 * page.ttlMs);
       if (!late) return false; // a tag was invalidated while this page was produced
       for (const [k, v] of late) versions.set(k, v);
     }
@@ -234,31 +282,33 @@ export class PageCache {
     const recordTtl = 2 * ttlMs;
     const now = Date.now();
     const sync = this.cache.store.sync;
-    if (t.url) {
-      versions.set(t.urlKey, t.url.body);
-      if (sync) {
-        // Memory store: checking costs nothing, so a page invalidated meanwhile is not even written, and a
-        // record that expired meanwhile is never brought back (entries stamped with it are invalid for good).
-        const cur = sync.get(t.urlKey);
-        if (!cur || cur.body !== t.url.body || (cur.expires !== null && cur.expires <= now)) return false;
-      }
-      if (t.url.expires !== null && t.url.expires < now + ttlMs) {
+    for (const { key, entry: url } of t.urls) {
+      if (url) {
+        versions.set(key, url.body);
         if (sync) {
-          // Same tick: nothing can bump the record between this read and this write.
-          const cur = sync.get(t.urlKey)!;
-          sync.set(t.urlKey, { ...cur, expires: now + recordTtl }, recordTtl);
-        } else {
-          ttlMs = t.url.expires - now;
-          if (ttlMs < 1000) return false; // the record is about to go: the next request stores under a new one
+          // Memory store: checking costs nothing, so a page invalidated meanwhile is not even written, and a
+          // record that expired meanwhile is never brought back (entries stamped with it are invalid for good).
+          const cur = sync.get(key);
+          if (!cur || cur.body !== url.body || (cur.expires !== null && cur.expires <= now)) return false;
         }
+        if (url.expires !== null && url.expires < now + ttlMs) {
+          if (sync) {
+            // Same tick: nothing can bump the record between this read and this write.
+            const cur = sync.get(key)!;
+            sync.set(key, { ...cur, expires: now + recordTtl }, recordTtl);
+          } else {
+            ttlMs = url.expires - now;
+            if (ttlMs < 1000) return false; // the record is about to go: the next request stores under a new one
+          }
+        }
+      } else {
+        const v = newVersion();
+        const record: Entry = { body: v, created: now, expires: now + recordTtl };
+        // `add`: if anyone wrote the record since the page started (an invalidatePage, another store), do not store.
+        const added = sync ? sync.add(key, record, recordTtl) : await this.cache.guard.run('add', () => this.cache.store.add(key, record, recordTtl));
+        if (!added) return false;
+        versions.set(key, v);
       }
-    } else {
-      const v = newVersion();
-      const record: Entry = { body: v, created: now, expires: now + recordTtl };
-      // `add`: if anyone wrote the record since the page started (an invalidatePage, another store), do not store.
-      const added = sync ? sync.add(t.urlKey, record, recordTtl) : await this.cache.guard.run('add', () => this.cache.store.add(t.urlKey, record, recordTtl));
-      if (!added) return false;
-      versions.set(t.urlKey, v);
     }
     const expires = now + ttlMs;
     const head: Entry = { body: '', created: now, expires, meta: { vary: page.meta.vary } };
@@ -282,7 +332,7 @@ export class PageCache {
 
   /**
    * Drops every cached variant of a page (any host, any prefix, any Vary values) by writing a new version of
-   * its URL tag. The record lives {@link INVALIDATION_TTL_MS} (a page started before it and stored after it
+   * its URL tag. The record lives 24 hours (`INVALIDATION_TTL_MS`) (a page started before it and stored after it
    * sees it and is not stored); once it is gone, a missing record still invalidates every old entry.
    * Rejects on store failure.
    */

@@ -80,6 +80,7 @@ export type Refusal =
   | 'vary-star'
   | 'cookie'
   | 'streamed'
+  | 'expires'
   | 'store';
 
 /** What {@link refusal} looks at. */

@@ -31,6 +31,12 @@ type ViewClass = new (name: string, options: ViewOptions) => { path?: string; re
 /** The app setting under which the engine is kept (the page cache middlewares find it there). */
 export const ENGINE_SETTING = 'fragcache engine';
 
+/**
+ * Key, on `res.locals`, of the epoch ms at which the app first saw the request: a time before the route loaded
+ * its data, given to renders as `since` (Express copies `res.locals`, symbols too, into the render options).
+ */
+export const REQUEST_START = Symbol.for('fragcache.requestStart');
+
 function dotted(ext: string): string {
   return ext.startsWith('.') ? ext : `.${ext}`;
 }
@@ -81,7 +87,8 @@ export function useEngine(engine: Engine, app: ExpressAppLike, options: ExpressV
       };
       // Template errors become `next(err)` in Express. A callback that throws is handled by the guard around
       // `res.render` (next(err)); only a direct `app.render` callback can get here, with no request to answer.
-      engine.render(this.template, locals).then(
+      const start = (locals as Record<symbol, unknown>)[REQUEST_START];
+      engine.render(this.template, locals, { since: typeof start === 'number' ? start : undefined }).then(
         (html) => once(null, html),
         (err) => once(err),
       ).catch((err) => process.emitWarning(`fragcache: the render callback threw: ${String((err as Error)?.message ?? err)}`, { code: 'FRAGCACHE_VIEW' }));
@@ -91,7 +98,29 @@ export function useEngine(engine: Engine, app: ExpressAppLike, options: ExpressV
   app.set('view', FragcacheView);
   app.set(ENGINE_SETTING, engine);
   guardRenderCallbacks(app);
+  stampRequests(app);
   if (options.defaultEngine ?? !app.get('view engine')) app.set('view engine', exts[0].slice(1));
+}
+
+const STAMPED = Symbol.for('fragcache.requestStamp');
+
+/**
+ * Records when each request reached the app (before any middleware or route loaded data), on `res.locals`. A
+ * sub-app keeps the time its parent recorded, which is earlier.
+ */
+function stampRequests(app: ExpressAppLike): void {
+  const a = app as unknown as Record<string | symbol, unknown> & { handle?: (req: unknown, res: unknown, next: unknown) => unknown };
+  if (typeof a.handle !== 'function' || a[STAMPED]) return;
+  const handle = a.handle;
+  a[STAMPED] = true;
+  a.handle = function (this: unknown, req: unknown, res: unknown, next: unknown) {
+    if (res && typeof res === 'object') {
+      const r = res as { locals?: Record<symbol, unknown> };
+      r.locals ??= Object.create(null) as Record<symbol, unknown>;
+      r.locals[REQUEST_START] ??= Date.now();
+    }
+    return handle.call(this, req, res, next);
+  };
 }
 
 type RenderCallback = (err: unknown, html?: string) => void;

@@ -2,11 +2,12 @@
  * Turns what the user gives as `store` (a URL, a Keyv, an adapter, a Store) into a {@link Store}.
  * @module
  */
-import Keyv from 'keyv';
+import type Keyv from 'keyv';
 import { OptionError } from '../errors';
 import type { Store } from '../store';
-import { KeyvStore } from './keyv';
+import { isKeyv, KeyvStore } from './keyv';
 import { MemoryStore, type MemoryStoreOptions } from './memory';
+import { checkParams, numberParam } from './params';
 
 /**
  * What `store` accepts: `"memory"` (default), `"memory://?maxBytes=N"`, a URL of another backend
@@ -39,13 +40,15 @@ function isStore(x: unknown): x is Store {
 export function createStore(spec: StoreSpec | undefined, options: Record<string, unknown> = {}, option = 'store'): Store {
   if (spec === undefined || spec === 'memory') return new MemoryStore(options as MemoryStoreOptions);
   if (isStore(spec)) return spec;
-  if (spec instanceof Keyv) return new KeyvStore(spec);
+  if (isKeyv(spec)) return new KeyvStore(spec);
   if (typeof spec === 'string') {
     const m = /^([a-z][a-z0-9+.-]*):/i.exec(spec);
     const scheme = m?.[1].toLowerCase();
     if (scheme === 'memory') {
-      const max = new URL(spec).searchParams.get('maxBytes');
-      return new MemoryStore({ ...options, ...(max ? { maxBytes: Number(max) } : {}) });
+      const query = new URL(spec).searchParams;
+      checkParams(spec, query, ['maxBytes']);
+      const max = numberParam(query, 'maxBytes', 'bytes', true);
+      return new MemoryStore({ ...options, ...(max ? { maxBytes: max } : {}) });
     }
     const factory = scheme ? schemes.get(scheme) : undefined;
     if (!factory) {

@@ -35,6 +35,27 @@ function claimKeyvFile(adapter: unknown): void {
 }
 
 /**
+ * True for a Keyv instance, recognised by its shape: `instanceof` fails when the app imports keyv as an ES module
+ * and fragcache requires it as CommonJS (two copies of the class), or when the app has its own keyv version.
+ */
+export function isKeyv(x: unknown): x is Keyv {
+  if (typeof x !== 'object' || x === null) return false;
+  if (x instanceof Keyv) return true;
+  const k = x as Record<string, unknown>;
+  return (
+    typeof k.get === 'function' &&
+    typeof k.set === 'function' &&
+    typeof k.delete === 'function' &&
+    typeof k.getMany === 'function' &&
+    'store' in k &&
+    typeof k.store === 'object' &&
+    k.store !== null &&
+    typeof k.hooks === 'object' &&
+    k.hooks !== null
+  );
+}
+
+/**
  * Wraps a Keyv. Atomic `add` and locks need backend support, which generic Keyv lacks: `add` here is a
  * read then a write (a race only costs an extra miss, never a stale hit; see the README).
  */
@@ -45,7 +66,7 @@ export class KeyvStore implements Store {
 
   constructor(keyvOrAdapter: Keyv | KeyvStoreAdapter | Map<unknown, unknown>, options: KeyvStoreOptions = {}) {
     this.keyv =
-      keyvOrAdapter instanceof Keyv
+      isKeyv(keyvOrAdapter)
         ? keyvOrAdapter
         : new Keyv({ store: keyvOrAdapter as KeyvStoreAdapter, namespace: 'fragcache' });
     claimKeyvFile(this.keyv.store);

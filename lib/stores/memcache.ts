@@ -16,6 +16,7 @@ import KeyvMemcache from '@keyv/memcache';
 import { decodeEntry, encodeEntry, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import type { Store, StoreWrite } from '../store';
+import { checkParams, numberParam } from './params';
 
 /** Options of {@link MemcacheStore}. */
 export interface MemcacheStoreOptions {
@@ -172,6 +173,11 @@ export class MemcacheStore implements Store {
     return ok ? token : undefined;
   }
 
+  /** Which locks are held (one get each, in parallel). */
+  async locked(keys: readonly string[]): Promise<boolean[]> {
+    return Promise.all(keys.map(async (key) => (await this.client.get(`lock/${this.realKey(key, '')}`)).value != null));
+  }
+
   /** Deletes the lock if `token` still owns it (read then delete: memjs has no CAS delete; the window is one round trip). */
   async unlock(key: string, token: string): Promise<void> {
     const k = `lock/${this.realKey(key, '')}`;
@@ -194,6 +200,7 @@ export function memcacheFromUrl(url: string, options: Record<string, unknown> = 
     if (port === undefined && /:/.test(server.replace(/^\[.*\]/, ''))) throw new OptionError('store', url, `bad server "${server}": expected host:port`);
   }
   const q = new URLSearchParams(m[2] ?? '');
-  const timeoutMs = options.timeoutMs ?? (q.has('timeout') ? Number(q.get('timeout')) : undefined);
+  checkParams(url, q, ['timeout']);
+  const timeoutMs = options.timeoutMs ?? numberParam(q, 'timeout', 'milliseconds');
   return new MemcacheStore(m[1], { ...(options as MemcacheStoreOptions), timeoutMs: timeoutMs as number | undefined });
 }

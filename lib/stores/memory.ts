@@ -12,8 +12,9 @@ import type { Store, StoreWrite, SyncStore } from '../store';
 export interface MemoryStoreOptions {
   /**
    * Upper bound of the memory the entries take, in bytes (default 64 MiB). An entry is counted as
-   * 2 bytes per character of its body (V8's worst case) plus 200 bytes; the least recently used entries
-   * are evicted to stay under it. An entry larger than the whole bound is not stored.
+   * 2 bytes per character (V8's worst case) of everything it keeps (key, body, tags, metadata) plus 200
+   * bytes; the least recently used entries are evicted to stay under it. An entry larger than the whole
+   * bound is not stored.
    */
   maxBytes?: number;
 }
@@ -53,13 +54,29 @@ function unpack(slot: Slot | undefined): Entry | undefined {
   return typeof slot === 'string' ? { body: slot, created: 0, expires: null } : slot;
 }
 
-/** Bytes an entry is counted for: its body (2 bytes a character at worst), its tags, and a fixed overhead. */
-function entrySize(slot: Slot): number {
-  if (typeof slot === 'string') return 2 * slot.length + ENTRY_OVERHEAD;
+/** Bytes of a JSON-like value (strings 2 bytes a character at worst, 16 per other slot). */
+function sizeOf(v: unknown, depth = 0): number {
+  if (typeof v === 'string') return 2 * v.length + 16;
+  if (typeof v !== 'object' || v === null || depth > 8) return 16;
+  let n = 32;
+  if (Array.isArray(v)) for (const x of v) n += sizeOf(x, depth + 1);
+  else for (const k in v) n += 2 * k.length + 16 + sizeOf((v as Record<string, unknown>)[k], depth + 1);
+  return n;
+}
+
+/**
+ * Bytes an entry is counted for: everything it keeps (its key, body, tags, metadata: a page's URL and
+ * headers) at 2 bytes a character at worst, and a fixed overhead. A bound that left any of them out could
+ * be blown by traffic (long URLs, big headers).
+ */
+function entrySize(slot: Slot, key: string): number {
+  const k = 2 * key.length;
+  if (typeof slot === 'string') return 2 * slot.length + k + ENTRY_OVERHEAD;
   const e = slot;
-  let n = 2 * e.body.length + ENTRY_OVERHEAD;
+  let n = 2 * e.body.length + k + ENTRY_OVERHEAD;
   // An outer fragment inherits the tags of everything inside it: they can outweigh the body.
   if (e.tags) for (const t of e.tags) n += 2 * t.length + 20;
+  if (e.meta) n += sizeOf(e.meta);
   return n;
 }
 

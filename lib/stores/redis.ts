@@ -17,6 +17,7 @@ import { LRUCache } from 'lru-cache';
 import { decodeEntry, encodeEntry, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import type { Store, StoreWrite } from '../store';
+import { booleanParam, checkParams, numberParam } from './params';
 
 /** Options of {@link RedisStore} (also accepted as query parameters of the URL, e.g. `?connectTimeout=500`). */
 export interface RedisStoreOptions {
@@ -53,15 +54,21 @@ interface RedisLike {
   unlink(keys: string | string[]): Promise<number>;
   eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
   publish(channel: string, message: string): Promise<number>;
+  time?(): Promise<[string, string] | string[]>;
+  exists(keys: string | string[]): Promise<number>;
   scanIterator?(options: { MATCH: string; COUNT: number }): AsyncIterable<string[] | string>;
   masters?: unknown[];
   destroy?(): void;
   close?(): Promise<void>;
+  unref?(): void;
   quit?(): Promise<unknown>;
 }
 
 /** Releases a lock only when the caller's token still owns it (never someone else's after expiry). */
 const UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/** Lengthens a key's TTL, never shortens it, never touches a key without one (PEXPIRE … GT, before Redis 7 too). */
+const EXTEND = "local t = redis.call('pttl', KEYS[1]) if t >= 0 and t < tonumber(ARGV[1]) then redis.call('pexpire', KEYS[1], ARGV[1]) end return t";
 
 /** Escapes glob characters of SCAN MATCH, so a prefix matches only itself. */
 function globEscape(s: string): string {
@@ -98,6 +105,9 @@ export class RedisStore implements Store {
   private l1Seq = 0;
   private subscriber: RedisLike | undefined;
   private readonly channel: string;
+  /** The connection attempts in flight (close() waits for them, see {@link shutDown}). */
+  private attempt: () => Promise<void> = async () => undefined;
+  private subAttempt: () => Promise<void> = async () => undefined;
 
   constructor(connect: string | Record<string, unknown>, options: RedisStoreOptions = {}) {
     const connectTimeout = positive('connectTimeout', options.connectTimeout, 1000);
@@ -139,6 +149,7 @@ export class RedisStore implements Store {
     void this.firstAttempt.then(() => (this.firstAttempt = undefined));
     // A cluster or sentinel client emits no 'ready': its connect() resolving ends the first attempt too.
     this.client.connect().then(settle, (err: Error) => ((this.lastError = err), settle()));
+    this.attempt = trackAttempts(this.client);
     this.channel = `${options.namespace ?? 'fragcache'}:l1`;
     if (options.l1) {
       const o = options.l1 === true ? {} : options.l1;
@@ -155,6 +166,7 @@ export class RedisStore implements Store {
   private subscribe(onError?: (err: Error) => void): void {
     const sub = (this.client as unknown as { duplicate(): RedisLike & { subscribe(ch: string, fn: (m: string) => void): Promise<void> } }).duplicate();
     this.subscriber = sub;
+    this.subAttempt = trackAttempts(sub);
     const down = () => {
       this.l1Live = false;
       this.l1!.clear();
@@ -296,12 +308,46 @@ export class RedisStore implements Store {
     }
   }
 
+  async extend(keys: readonly { key: string; ttlMs: number }[]): Promise<void> {
+    if (!keys.length) return;
+    await this.connected();
+    // One script per key (sent in one tick: one pipeline; any cluster slot).
+    await Promise.all(keys.map((k) => this.client.eval(EXTEND, { keys: [k.key], arguments: [String(Math.max(1, Math.ceil(k.ttlMs)))] })));
+  }
+
   /** `SET key token NX PX ttl`: the lock expires by itself, so a crashed owner blocks nobody for long. */
   async lock(key: string, ttlMs: number): Promise<string | undefined> {
     await this.connected();
     const token = randomBytes(12).toString('base64url');
     const r = await this.client.set(key, token, { NX: true, PX: Math.max(1, Math.ceil(ttlMs)) });
     return r === 'OK' ? token : undefined;
+  }
+
+  /** Set when the server refuses `TIME` (a proxy without it, an ACL): this host's clock stands in. */
+  private noTime = false;
+
+  /**
+   * Redis `TIME` (seconds and microseconds), as epoch ms. A server that refuses the command (some proxies
+   * lack it; an ACL may deny it) gets this host's clock instead, as Memcached does: invalidations keep working,
+   * judged by the hosts' clocks.
+   */
+  async time(): Promise<number> {
+    if (this.noTime || typeof this.client.time !== 'function') return Date.now();
+    await this.connected();
+    try {
+      const [sec, usec] = await this.client.time!();
+      return Number(sec) * 1000 + Number(usec) / 1000;
+    } catch (err) {
+      if (!/^(ERR|NOPERM)\b/.test(String((err as Error)?.message))) throw err;
+      this.noTime = true;
+      return Date.now();
+    }
+  }
+
+  /** One `EXISTS` per key, sent in one tick (one pipeline). */
+  async locked(keys: readonly string[]): Promise<boolean[]> {
+    await this.connected();
+    return (await Promise.all(keys.map((k) => this.client.exists(k)))).map((n) => n > 0);
   }
 
   /** Deletes the lock only if `token` still owns it (compare-and-delete in one Lua script). */
@@ -313,14 +359,56 @@ export class RedisStore implements Store {
     if (this.closed) return;
     this.closed = true;
     this.l1Live = false;
-    this.subscriber?.destroy?.();
+    await Promise.all([this.subscriber ? shutDown(this.subscriber, this.subAttempt) : undefined, shutDown(this.client, this.attempt)]);
+  }
+}
+
+/**
+ * Watches a client's socket being opened: the returned function resolves once no socket is being opened (at once
+ * when none is). Opening runs from `connect()` or `reconnecting` to `connect` (the socket is open: node-redis holds
+ * it and can destroy it) or `error`; a connect timeout bounds it.
+ */
+function trackAttempts(client: RedisLike): () => Promise<void> {
+  let done: (() => void) | undefined;
+  let inFlight: Promise<void> | undefined;
+  const start = () => {
+    if (!inFlight) inFlight = new Promise<void>((r) => (done = r));
+  };
+  const end = () => {
+    inFlight = undefined;
+    done?.();
+  };
+  start();
+  client.on('reconnecting', start);
+  client.on('connect', end);
+  client.on('ready', end);
+  client.on('error', end);
+  return async () => inFlight;
+}
+
+/**
+ * Closes a node-redis client whatever its state. Destroying a client while its socket is still being opened does
+ * not stop that socket (node-redis has no handle on it yet): it would connect afterwards and keep the process
+ * alive. So wait until the socket is open or has failed (at most the connect timeout), then close or destroy it;
+ * then unref, so that nothing this client might still open can hold the process.
+ */
+async function shutDown(client: RedisLike, attempt: () => Promise<void>): Promise<void> {
+  await attempt();
+  try {
+    if (client.isReady && client.close) await client.close();
+    else if (client.isReady && client.quit) await client.quit();
+    else client.destroy?.();
+  } catch {
     try {
-      if (this.client.isReady && this.client.close) await this.client.close();
-      else if (this.client.isReady && this.client.quit) await this.client.quit();
-      else this.client.destroy?.();
+      client.destroy?.();
     } catch {
-      this.client.destroy?.();
+      // already closed
     }
+  }
+  try {
+    client.unref?.();
+  } catch {
+    // cluster and sentinel clients have no unref: their close above suffices
   }
 }
 
@@ -340,11 +428,12 @@ export function redisFromUrl(url: string, options: Record<string, unknown> = {})
     if (!/^\/?\d*$/.test(parsed.pathname)) throw new OptionError('store', url, 'the path must be a database number, as in redis://host:6379/2');
   }
   const q = parsed.searchParams;
+  checkParams(url, q, ['connectTimeout', 'maxBackoffMs', 'l1']);
   const opts: RedisStoreOptions = {
     ...(options as RedisStoreOptions),
-    connectTimeout: (options.connectTimeout as number | undefined) ?? (q.has('connectTimeout') ? (q.get('connectTimeout') as unknown as number) : undefined),
-    maxBackoffMs: (options.maxBackoffMs as number | undefined) ?? (q.has('maxBackoffMs') ? (q.get('maxBackoffMs') as unknown as number) : undefined),
-    l1: (options.l1 as RedisStoreOptions['l1']) ?? (q.has('l1') ? !['0', 'false', 'no'].includes(q.get('l1')!) : undefined),
+    connectTimeout: (options.connectTimeout as number | undefined) ?? numberParam(q, 'connectTimeout', 'milliseconds'),
+    maxBackoffMs: (options.maxBackoffMs as number | undefined) ?? numberParam(q, 'maxBackoffMs', 'milliseconds'),
+    l1: (options.l1 as RedisStoreOptions['l1']) ?? booleanParam(q, 'l1'),
   };
   q.delete('l1');
   q.delete('connectTimeout');

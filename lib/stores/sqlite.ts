@@ -7,10 +7,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { decodeEntry, encodeEntry, type Entry } from '../entry';
-import { OptionError } from '../errors';
+import { MissingDependencyError, OptionError } from '../errors';
 import type { Store, StoreWrite, SyncStore } from '../store';
+import { checkParams } from './params';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -29,6 +30,21 @@ export interface SqliteStoreOptions {
 
 type Stmt = Database.Statement;
 
+/**
+ * better-sqlite3, loaded on first use: it is an optional peer dependency (a native module compiled on install),
+ * so apps that never use SQLite do not install it.
+ */
+function driver(): typeof Database {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require('better-sqlite3') as typeof Database;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'MODULE_NOT_FOUND' && e.message.includes("'better-sqlite3'")) throw new MissingDependencyError('better-sqlite3', 'the sqlite:// store', { cause: err });
+    throw err;
+  }
+}
+
 /** A SQLite store over better-sqlite3. */
 export class SqliteStore implements Store {
   readonly kind = 'sqlite';
@@ -44,9 +60,10 @@ export class SqliteStore implements Store {
     if (!/^[A-Za-z_][A-Za-z0-9_]{0,63}$/.test(table)) throw new OptionError('table', table, 'expected a SQL identifier (letters, digits, "_")');
     const busy = options.busyTimeoutMs ?? 100;
     this.pruneEvery = options.pruneEvery ?? 1000;
+    const Driver = driver();
     try {
       if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-      this.db = new Database(file, { timeout: busy });
+      this.db = new Driver(file, { timeout: busy });
     } catch (err) {
       throw new OptionError('store', `sqlite://${file}`, `cannot open the database: ${(err as Error).message}`);
     }
@@ -171,6 +188,7 @@ export function sqliteFromUrl(url: string, options: Record<string, unknown> = {}
   const m = /^sqlite:\/\/([^?#]*)(?:\?(.*))?$/i.exec(url);
   if (!m || !m[1]) throw new OptionError('store', url, 'expected sqlite://path/to/file.db');
   const q = new URLSearchParams(m[2] ?? '');
+  checkParams(url, q, ['table']);
   return new SqliteStore(decodeURIComponent(m[1]), {
     ...(options as SqliteStoreOptions),
     ...(q.has('table') ? { table: q.get('table')! } : {}),
