@@ -121,6 +121,7 @@ export function dependencies(template: string, options: DepsOptions): DepNode {
     if (node instanceof nodes.Include) return pull('include', node, into, stack);
     if (node instanceof nodes.Import || node instanceof nodes.FromImport) return pull('import', node, into, stack);
     if (node instanceof nodes.CallExtension && node.extName === extension) {
+      if (node.prop !== 'run') return; // the markers of macro and capture bodies (lib/extension.ts), not fragments
       // Arguments as the tag's parser lays them out (lib/extension.ts): name, name part, digest, line, column, ttl,
       // [vary], {options}, [blocks].
       const args = node.args.children;

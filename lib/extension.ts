@@ -52,6 +52,70 @@ const nunjucksNodes: Nodes = (nunjucks as unknown as { nodes: Nodes }).nodes;
   }
 }
 
+/**
+ * Output that becomes a value (a macro's or `call` body's result, a `set` capture, a filter block, `super()`) may be
+ * printed later inside a cached body that did not render it (see RenderSession.tieEarlier). The session counts such
+ * constructs while they run: templates parsed with this extension get a marker at the start and the end of every macro,
+ * caller and capture body, and `super()` (Context#getSuper) is counted around its call.
+ */
+{
+  const Parser = (nunjucks as unknown as { parser: { Parser: { prototype: any } } }).parser.Parser;
+  const proto = Parser.prototype;
+  if (!proto.__fragcacheValues) {
+    const parseAsRoot = proto.parseAsRoot;
+    proto.parseAsRoot = function (this: any) {
+      const root = parseAsRoot.call(this);
+      const ext = (this.extensions ?? []).find((e: unknown) => e instanceof CacheExtension);
+      if (ext) {
+        const mark = (list: any) => {
+          if (!list?.children) return;
+          list.children.unshift(new nunjucksNodes.CallExtension(ext, 'enterValue', null, null));
+          list.children.push(new nunjucksNodes.CallExtension(ext, 'leaveValue', null, null));
+        };
+        // (Nunjucks' findAll does not look into a Set's capture body, nor into arrays: walk every field.)
+        const found: any[] = [];
+        const walk = (node: any): void => {
+          if (Array.isArray(node)) return node.forEach(walk);
+          if (!(node instanceof nunjucksNodes.Node)) return;
+          if (node instanceof nunjucksNodes.Macro || node instanceof nunjucksNodes.Capture) found.push(node); // macros, callers, captures, filter blocks
+          if (node instanceof nunjucksNodes.NodeList) node.children.forEach(walk);
+          else for (const f of (node as { fields: string[] }).fields) walk(node[f]);
+          if (node instanceof nunjucksNodes.Set) walk(node.body);
+        };
+        walk(root);
+        for (const n of found) mark(n.body);
+      }
+      return root;
+    };
+    proto.__fragcacheValues = true;
+  }
+  // Context is not exported: take its prototype from a render.
+  const env = new nunjucks.Environment(null);
+  let ctxProto: any;
+  env.addFilter('grab', function (this: unknown) {
+    ctxProto = Object.getPrototypeOf(this);
+    return '';
+  });
+  env.renderString('{{ 0 | grab }}', {});
+  if (ctxProto && !ctxProto.__fragcacheSuper) {
+    const getSuper = ctxProto.getSuper;
+    ctxProto.getSuper = function (this: unknown, env: unknown, name: unknown, block: unknown, frame: unknown, runtime: unknown, cb: (err: unknown, res?: string) => void) {
+      const session = currentSession();
+      if (!session) return getSuper.call(this, env, name, block, frame, runtime, cb);
+      session.enterValue();
+      let left = false;
+      return getSuper.call(this, env, name, block, frame, runtime, (err: unknown, res?: string) => {
+        if (!left) {
+          left = true;
+          session.leaveValue();
+        }
+        cb(err, res);
+      });
+    };
+    ctxProto.__fragcacheSuper = true;
+  }
+}
+
 /** The template being compiled (set around Template#compile by the engine): its path and Environment. */
 export interface Compiling {
   path: string | undefined;
@@ -123,6 +187,21 @@ export class CacheExtension {
   }
 
   parse(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
+    const first = parser.peekToken();
+    try {
+      return this.parseTag(parser, nodes, lexer);
+    } catch (err) {
+      // Some Nunjucks parse errors (a tag or string left open up to the end of the template) carry no position: give
+      // them the tag's, so that every error names the file, line and column.
+      const e = err as { lineno?: number; message?: string };
+      if (first && err instanceof (nunjucks.lib as unknown as { TemplateError: new (...a: unknown[]) => Error }).TemplateError && e.lineno === undefined) {
+        parser.fail(`${e.message} (in the cache tag opened here: a tag or a string is not closed)`, first.lineno, first.colno);
+      }
+      throw err;
+    }
+  }
+
+  private parseTag(parser: Parser, nodes: Nodes, lexer: Lexer): unknown {
     ownNames.add((this as { __name?: string }).__name ?? 'FragmentCache');
     cacheExtensions.add((this as { __name?: string }).__name ?? this);
     const tok = parser.nextToken();
@@ -218,7 +297,12 @@ export class CacheExtension {
     ]);
     const node = new nodes.CallExtension(this, 'run', args, [body]);
     node.fragcache = { declared, shared }; // for `fragcache deps` (not compiled)
-    return node;
+    // Macros and imports at the top of the body define names for what follows the tag too. On a hit the body does not
+    // run, so they are moved ahead of it: defined on a hit as on a miss, as in plain Nunjucks (they output nothing).
+    const hoisted = body.children.filter((c: any) => (c instanceof nodes.Macro && !(c instanceof nodes.Caller)) || c instanceof nodes.Import || c instanceof nodes.FromImport);
+    if (!hoisted.length) return node;
+    body.children = body.children.filter((c: any) => !hoisted.includes(c));
+    return new nodes.NodeList(line, col, [...hoisted, node]);
   }
 
   /**
@@ -288,6 +372,16 @@ export class CacheExtension {
       parser.fail(`cache tag: the name must be an identifier (letters, digits, _ - . :) or a string, got ${JSON.stringify(name)}`, first.lineno, first.colno);
     }
     return name;
+  }
+
+  /** Marks where output that becomes a value starts and ends (see the parser hook at the top of this module). */
+  enterValue(): string {
+    currentSession()?.enterValue();
+    return '';
+  }
+  leaveValue(): string {
+    currentSession()?.leaveValue();
+    return '';
   }
 
   /** Called by compiled templates. */

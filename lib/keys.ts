@@ -3,7 +3,8 @@
  *
  * Vary values are written in a typed, self-delimiting encoding (every item says its type, strings say
  * their length), so the encoding of a tuple is injective: `1` and `"1"`, `null`, `"null"` and
- * `undefined`, `["a:","b"]` and `["a",":b"]`, `["a","b"]` and `["a:b"]` all differ. Short printable
+ * `undefined`, `["a:","b"]` and `["a",":b"]`, `["a","b"]` and `["a:b"]` all differ, and so do markup (a SafeString) and
+ * text, and a String object and a string. Short printable
  * encodings go into the key as they are (readable in `fragcache keys`); anything long or with spaces,
  * control characters or non-ASCII is replaced by its SHA-256, so stored keys have a bounded length and
  * values that come from users cannot be shaped to collide. The two forms start with different markers
@@ -18,9 +19,36 @@ const MAX_VERBATIM = 64;
 const PRINTABLE = /^[\x21-\x7e]*$/;
 const NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
 
-/** SHA-256, base64url (43 characters). */
+/**
+ * SHA-256, base64url (43 characters), of the string's code units. A well-formed string is hashed as UTF-8; one with
+ * lone surrogates as WTF-8 (each lone surrogate as its own 3-byte sequence, which no UTF-8 text contains), where
+ * plain UTF-8 would turn `"\ud800"`, `"\udc00"` and `"\ufffd"` into the same bytes. Injective on every JavaScript
+ * string, and the same hash as before for well-formed ones (stored keys keep their names).
+ */
 export function hash(text: string): string {
-  return createHash('sha256').update(text).digest('base64url');
+  return createHash('sha256').update(wellFormed(text) ? text : wtf8(text)).digest('base64url');
+}
+
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const wellFormed = (s: string): boolean => ((s as { isWellFormed?: () => boolean }).isWellFormed?.() ?? !LONE_SURROGATE.test(s));
+
+/** WTF-8 bytes of a string: UTF-8, except that a lone surrogate is encoded like a code point of its own. */
+export function wtf8(s: string): Buffer {
+  const parts: Buffer[] = [];
+  let from = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0xd800 || c > 0xdfff) continue;
+    const next = s.charCodeAt(i + 1);
+    if (c <= 0xdbff && next >= 0xdc00 && next <= 0xdfff) {
+      i++; // a pair: plain UTF-8
+      continue;
+    }
+    parts.push(Buffer.from(s.slice(from, i), 'utf8'), Buffer.from([0xe0 | (c >> 12), 0x80 | ((c >> 6) & 0x3f), 0x80 | (c & 0x3f)]));
+    from = i + 1;
+  }
+  parts.push(Buffer.from(s.slice(from), 'utf8'));
+  return Buffer.concat(parts);
 }
 
 /** The typed encoding of one value (see the module comment). Throws {@link KeyError} for what cannot be a key. */
@@ -39,8 +67,13 @@ export function encodeValue(value: unknown, seen: unknown[] = []): string {
     case 'object': {
       if (value === null) return 'N';
       if (value instanceof Date) return `d${Number.isNaN(value.getTime()) ? 'NaN' : value.toISOString()};`;
-      // Nunjucks' SafeString (markup) varies like the text it holds.
-      if (value instanceof String) return encodeValue(value.toString(), seen);
+      // Markup (Nunjucks' SafeString: `| safe`, a macro's output) is output as it is, text is escaped: never the same key.
+      if (value instanceof String) {
+        const proto = Object.getPrototypeOf(value);
+        if (proto === String.prototype) return `#s${encodeValue(value.valueOf())}`; // a String object (escaped like text)
+        const cls = String(proto?.constructor?.name ?? '?');
+        return cls === 'SafeString' ? `m${encodeValue(String(value))}` : `o${encodeValue(cls)}m${encodeValue(String(value))}`;
+      }
       if (value instanceof Number) return `#n${encodeValue(value.valueOf())}`;
       if (value instanceof Boolean) return `#b${encodeValue(value.valueOf())}`;
       if (seen.includes(value)) throw new KeyError('cannot vary on a cyclic object');

@@ -89,6 +89,45 @@ interface Frame {
   complete: boolean;
   /** True when something inside cannot be tracked (rendered without tags, or from another store): do not store. */
   noStore: boolean;
+  /** Length of {@link RenderSession.done} when the fragment opened: the fragments that completed before it. */
+  mark: number;
+  /** {@link RenderSession.valueDepth} when it opened. */
+  vd: number;
+}
+
+/**
+ * A fragment that completed in this pass (served, rendered, or rendered uncached), with what its output depends on.
+ * Its output may reach a cached body that opens later (see {@link RenderSession.tieEarlier}).
+ */
+interface Done {
+  /** The output as the tag returned it. */
+  out: string;
+  cache: FragmentCache;
+  /** Tag pairs of everything in it. */
+  tags: readonly string[] | undefined;
+  /** For an uncached fragment: its own tags, whose versions may still have to be read. */
+  own?: Spec;
+  /** Something inside it cannot be tracked. */
+  noStore?: boolean;
+}
+
+/** Most earlier fragments one body may be tied to by {@link RenderSession.tieEarlier}; past it, the body is not stored. */
+const MAX_TIED = 256;
+
+const escapeHtml = (nunjucks.lib as unknown as { escape(s: string): string }).escape;
+
+/**
+ * Whether output `o` may be part of `out`: as it is, HTML-escaped (a `set` capture is text, escaped when output) or
+ * trimmed. Empty output is in everything.
+ */
+function mayContain(out: string, o: string): boolean {
+  if (!o) return true;
+  if (out.includes(o)) return true;
+  const e = escapeHtml(o);
+  if (e !== o && out.includes(e)) return true;
+  const t = o.trim();
+  if (t !== o && (!t || out.includes(t) || out.includes(escapeHtml(t)))) return true;
+  return false;
 }
 
 const SafeString = nunjucks.runtime.SafeString;
@@ -198,6 +237,17 @@ export class RenderSession {
   private readonly versions = new Map<string, string>();
   private readonly wanted = new Map<string, Spec>();
   private readonly stack: Frame[] = [];
+  /** Fragments completed in the current pass whose output was kept in a value, in order (see {@link tieEarlier}). */
+  private readonly done: Done[] = [];
+  /**
+   * How many constructs whose output becomes a value (a macro or `call` body, a `set` capture or filter block,
+   * `super()`) are being evaluated now; the extension marks their start and end.
+   */
+  private valueDepth = 0;
+  /** Tag versions of uncached fragments' own tags, to read before the next pass (remote stores). */
+  private readonly wantedTags = new Map<FragmentCache, Set<string>>();
+  /** Tag versions that could not be read (store down): fragments depending on them are not stored. */
+  private readonly unreadableTags = new Set<string>();
   /** Nesting depth of fragments being rendered (cached or not), for `explain`. */
   private depth = 0;
   private readonly writes = new Map<FragmentCache, StoreWrite[]>();
@@ -276,7 +326,7 @@ export class RenderSession {
 
   /** True when the last pass met fragments whose keys must be fetched first. */
   get incomplete(): boolean {
-    return this.wanted.size > 0;
+    return this.wanted.size > 0 || this.wantedTags.size > 0;
   }
 
   /** Forgets everything, for reuse by another render (the extension keeps one for plain `env.render()`). */
@@ -288,6 +338,9 @@ export class RenderSession {
     this.writtenKeys.clear();
     this.syncWritten.clear();
     this.freshTraces.clear();
+    this.done.length = 0;
+    this.wantedTags.clear();
+    this.unreadableTags.clear();
     this.abandon();
   }
 
@@ -297,6 +350,8 @@ export class RenderSession {
     current = this;
     this.passCount++;
     this.wanted.clear();
+    this.done.length = 0;
+    this.valueDepth = 0;
     this.trace = this.tracing ? [] : undefined;
     try {
       return fn();
@@ -357,7 +412,7 @@ export class RenderSession {
   fragment(block: Block, ttl: unknown, vary: unknown[], opts: TagOptions, body: () => string): unknown {
     // Arguments are checked even when the fragment is not cached, so a bad one fails for every user alike.
     const spec = this.spec(block, ttl, vary, opts)!;
-    if (('when' in opts && !opts.when) || spec.ttlMs === 0) return this.uncached(block, vary, body);
+    if (('when' in opts && !opts.when) || spec.ttlMs === 0) return this.uncached(spec, body);
     const started = this.trace ? performance.now() : 0;
     const r = this.lookup(spec);
     if (!r) {
@@ -372,6 +427,7 @@ export class RenderSession {
       // verify: a share of stored hits is re-rendered after the response and compared (see lib/verify.ts).
       if (this.verifyRate && !r.fresh && !r.stale && Math.random() < this.verifyRate) (this.sampled ??= new Map()).set(spec.key, { cache: spec.cache, entry: r.entry, block });
       this.inherit(spec.cache, r.entry.tags);
+      if (this.inValue()) this.done.push({ out: r.entry.body, cache: spec.cache, tags: r.entry.tags });
       if (traced) {
         // Rendered by this render in an earlier pass: a miss, with what was rendered inside it then. Rendered
         // earlier in this same pass (the fragment repeats): served from that, a hit, as on a same-tick store.
@@ -382,7 +438,7 @@ export class RenderSession {
       }
       return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
-    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store };
+    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store, mark: this.done.length, vd: this.valueDepth };
     // Values computed earlier in this pass (a `set` capture, a macro's result) may hold the empty output of a
     // fragment that was still unknown: then this body's output is provisional too.
     const tainted = this.wanted.size > 0;
@@ -406,12 +462,19 @@ export class RenderSession {
       for (const f of this.stack) f.complete = false;
       return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
     }
+    // Output of fragments that completed before this body began (`super()`, `caller()`, a `set` capture) may be in it.
+    this.tieEarlier(frame, out);
+    if (!frame.complete) {
+      for (const f of this.stack) f.complete = false;
+      return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
+    }
     if (frame.noStore && parent) parent.noStore = true;
     const own = new Map<string, string>();
     if (!frame.noStore) for (const k of this.ownTags(spec)) own.set(k, this.versions.get(k)!);
     for (const [k, v] of frame.deps) own.set(k, v);
     const tags = tagPairs(own);
     this.inherit(spec.cache, tags);
+    if (this.inValue()) this.done.push({ out: this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out, cache: spec.cache, tags, noStore: frame.noStore });
     const now = Date.now();
     const entry: Entry = {
       body: flatten(this.annotating ? unannotate(out) : out),
@@ -438,20 +501,119 @@ export class RenderSession {
     return new SafeString(this.annotating ? annotate(block.name, 'miss', now, out) : out);
   }
 
-  /** `when` false or ttl 0: the body renders every time; fragments inside still tie to the enclosing one. */
-  private uncached(block: Block, vary: unknown[], body: () => string): unknown {
+  /**
+   * `when` false or ttl 0: the body renders every time. The fragment is still a dependency of the cached fragment
+   * around it: its own tags (name, variant, `tags=`) and everything rendered inside it are inherited, so invalidating
+   * it drops the fragment that contains its output.
+   */
+  private uncached(spec: Spec, body: () => string): unknown {
+    const block = spec.block;
     const started = this.trace ? performance.now() : 0;
-    const traced = this.trace ? { name: block.name, vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.depth } : undefined;
+    const traced = this.trace ? { name: block.name, vary: spec.vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.depth } : undefined;
     if (traced) this.trace!.push(traced);
+    // A frame of its own collects what renders inside it, for the fragment around it and for later ones (see tieEarlier).
+    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: false, mark: this.done.length, vd: this.valueDepth };
+    this.stack.push(frame);
     this.depth++;
     let out: string;
     try {
       out = renderBody(block, body);
     } finally {
+      this.stack.pop();
       this.depth--;
     }
+    const parent = this.stack[this.stack.length - 1];
+    if (parent) {
+      if (!frame.complete) parent.complete = false;
+      if (frame.noStore) parent.noStore = true;
+      const deps = tagPairs(frame.deps);
+      const own = this.ownPairs(spec, parent);
+      if (parent.cache !== spec.cache) parent.noStore = true;
+      else {
+        for (let i = 0; i < deps.length; i += 2) parent.deps.set(deps[i], deps[i + 1]);
+        if (own) for (let i = 0; i < own.length; i += 2) parent.deps.set(own[i], own[i + 1]);
+      }
+    }
     if (traced) Object.assign(traced, { ms: performance.now() - started, size: out.length });
-    return new SafeString(this.annotating ? annotate(block.name, 'uncached', Date.now(), out) : out);
+    const html = this.annotating ? annotate(block.name, 'uncached', Date.now(), out) : out;
+    if (this.inValue()) this.done.push({ out: html, cache: spec.cache, tags: tagPairs(frame.deps), own: spec, noStore: frame.noStore });
+    return new SafeString(html);
+  }
+
+  /** The start and the end of a construct whose output becomes a value (see {@link valueDepth}). */
+  enterValue(): void {
+    this.valueDepth++;
+  }
+  leaveValue(): void {
+    if (this.valueDepth > 0) this.valueDepth--;
+  }
+
+  /**
+   * True when output completed now is kept in a value started inside the innermost open fragment (or outside any):
+   * it may be printed later, elsewhere. Output printed in place goes into the fragment around it, which inherits it.
+   */
+  private inValue(): boolean {
+    const top = this.stack[this.stack.length - 1];
+    return this.valueDepth > (top ? top.vd : 0);
+  }
+
+  /**
+   * Tag pairs (key, version) of a fragment's own tags, for the frame `into` that depends on it. On a same-tick store
+   * they are read now; on another store a version not read yet is fetched before the next pass (the frame's output is
+   * then provisional), and on the last pass the frame is not stored.
+   */
+  private ownPairs(spec: Spec, into: Frame): string[] | undefined {
+    const sync = spec.cache.store.sync;
+    const out: string[] = [];
+    let missing = false;
+    for (const k of this.ownTags(spec)) {
+      let v = this.versions.get(k);
+      if (v === undefined && sync) this.versions.set(k, (v = spec.cache.tagVersionSync(k)));
+      if (v !== undefined) out.push(k, v);
+      else if (this.lastPass || this.unreadableTags.has(k)) {
+        into.noStore = true;
+        missing = true;
+      } else {
+        missing = true;
+        let set = this.wantedTags.get(spec.cache);
+        if (!set) this.wantedTags.set(spec.cache, (set = new Set()));
+        set.add(k);
+        for (const f of this.stack) f.complete = false;
+        into.complete = false;
+      }
+    }
+    return missing ? undefined : out;
+  }
+
+  /**
+   * Ties a cached body to the fragments that completed in this pass before it began and whose output may be in it.
+   * Nunjucks evaluates some content ahead of where it is output: `super()` before the block body, a `set` capture or a
+   * macro's or `caller()`'s result before the body that prints it. Those fragments did not render inside this frame,
+   * so they were not inherited. Rule: every such fragment that completed inside a value (see {@link inValue}) and whose
+   * output occurs in this body's output (as it is, HTML-escaped or trimmed; empty output always) is a dependency. Output that reaches the body transformed otherwise
+   * (`| upper`, `| truncate`…) is not recognised: see docs/russian-doll.md.
+   */
+  private tieEarlier(frame: Frame, out: string): void {
+    let tied = 0;
+    for (let i = 0; i < frame.mark; i++) {
+      const d = this.done[i];
+      if (!mayContain(out, d.out)) continue;
+      if (++tied > MAX_TIED) {
+        frame.noStore = true; // bounded work and entry size: rendered every time rather than tied to hundreds
+        return;
+      }
+      if (d.cache !== frame.cache) {
+        frame.noStore = true;
+        continue;
+      }
+      if (d.noStore) frame.noStore = true;
+      const tags = d.tags;
+      if (tags) for (let j = 0; j < tags.length; j += 2) frame.deps.set(tags[j], tags[j + 1]);
+      if (d.own) {
+        const own = this.ownPairs(d.own, frame);
+        if (own) for (let j = 0; j < own.length; j += 2) frame.deps.set(own[j], own[j + 1]);
+      }
+    }
   }
 
   private traceOpen(spec: Spec, depth: number): FragmentTrace {
@@ -607,6 +769,7 @@ export class RenderSession {
 
   /** Fetches every key the last pass noted (one batch per store), with the tag versions that validate them. */
   async resolveWanted(): Promise<void> {
+    await this.resolveWantedTags();
     const byCache = new Map<FragmentCache, Spec[]>();
     for (const spec of this.wanted.values()) {
       let list = byCache.get(spec.cache);
@@ -618,6 +781,24 @@ export class RenderSession {
     const results = await Promise.allSettled([...byCache].map(([cache, specs]) => this.resolveBatch(cache, specs)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
+  }
+
+  /** Reads (or creates) the tag versions uncached fragments' own tags need (see {@link ownPairs}). */
+  private async resolveWantedTags(): Promise<void> {
+    const wanted = [...this.wantedTags];
+    this.wantedTags.clear();
+    await Promise.all(
+      wanted.map(async ([cache, set]) => {
+        const keys = [...set].filter((k) => !this.versions.has(k));
+        if (!keys.length) return;
+        try {
+          for (const [k, v] of await cache.tagVersions(keys)) this.versions.set(k, v);
+        } catch (err) {
+          cache.report(err);
+          for (const k of keys) this.unreadableTags.add(k);
+        }
+      }),
+    );
   }
 
   private async resolveBatch(cache: FragmentCache, specs: Spec[]): Promise<void> {

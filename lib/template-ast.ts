@@ -175,7 +175,8 @@ export const cacheExtensions = new Set<unknown>();
 
 /** True for a cache block's node. */
 export function isCacheNode(node: any): boolean {
-  return node instanceof nodes.CallExtension && cacheExtensions.has(node.extName);
+  // (prop 'run': not the value markers lib/extension.ts adds to macro and capture bodies)
+  return node instanceof nodes.CallExtension && cacheExtensions.has(node.extName) && node.prop === 'run';
 }
 
 const blockIndex = new WeakMap<TemplateAst, Map<string, any>>();

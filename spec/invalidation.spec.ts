@@ -13,6 +13,12 @@ const site = {
   'other.njk': '<% cache 60 card a.id %>a different body<% endcache %>',
 };
 
+async function collect(it: AsyncIterable<string>): Promise<string[]> {
+  const out: string[] = [];
+  for await (const k of it) out.push(k);
+  return out;
+}
+
 function setup(store: () => Store | 'memory' = () => 'memory') {
   const c = counter();
   const engine = createEngine({ views: views(site), store: store() });
@@ -111,6 +117,33 @@ describe.each([
     articles.emit('saved', { id: 5 });
     await engine.settled();
     await engine.render('card.njk', { a: { id: 5, title: 'x' } });
+    expect(runs()).toBe(2);
+  });
+});
+
+describe('invalidation survives eviction on the memory store (evicted by filling it to its bound)', () => {
+  test('an entry stamped before an invalidation stays invalid after the new tag version is evicted', async () => {
+    const s = new MemoryStore({ maxBytes: 40_000 });
+    const { engine, runs } = setup(() => s);
+    const ctx = (title: string) => ({ a: { id: 1, title } });
+    expect(await engine.render('other.njk', ctx('x'))).toBe('a different body'); // name "card", another digest
+    await engine.render('card.njk', ctx('one'));
+    await engine.invalidate('card');
+    const tagKey = engine.cache.tagKey(nameTag('card'));
+    const otherKey = (await collect(s.keys(`${engine.cache.prefix}:`))).find((k) => k.includes(':f:card/') && s.sync.get(k)?.body === 'a different body')!;
+    expect(otherKey).toBeDefined();
+    // Fill the store with unrelated values, keeping the old entry recently used, until the tag version is evicted.
+    const present = async (k: string) => (await collect(s.keys(k))).includes(k); // (a get would make it recently used)
+    for (let i = 0; (await present(tagKey)) || i < 3; i++) {
+      s.sync.get(otherKey);
+      await engine.cache.set(`junk${i}`, 'j'.repeat(2000));
+      if (i > 1000) throw new Error('the tag version was never evicted');
+    }
+    expect(await present(otherKey)).toBe(true); // the old entry survived; its tag version did not
+    const hits = engine.cache.stats().fragments.card.hits;
+    await engine.render('other.njk', ctx('x'));
+    expect(engine.cache.stats().fragments.card.hits).toBe(hits); // a miss: the entry stamped before the invalidation is not served
+    expect(await engine.render('card.njk', ctx('two'))).toBe('<li>two</li>');
     expect(runs()).toBe(2);
   });
 });

@@ -287,10 +287,12 @@ describe('cachePage: keys', () => {
   });
 
   it('the key option adds values the page varies on', async () => {
-    const { server, runs } = await appWith(cachePage(60, { store: fresh(), key: (req) => [req.query.v === '1' ? 1 : '1'] }), hello);
-    await request(server).get('/p').query({ v: '1' });
-    await request(server).get('/p?v=1');
-    expect(runs()).toBe(1);
+    // Same URL, different key values: two entries (with the option ignored, the second user would get the first's page).
+    const { server, runs } = await appWith(cachePage(60, { store: fresh(), key: (req) => [req.get('x-user') ?? ''] }), (req, res) => void res.send(`hello ${req.get('x-user')}`));
+    expect((await request(server).get('/p').set('x-user', 'ann')).text).toBe('hello ann');
+    expect((await request(server).get('/p').set('x-user', 'bob')).text).toBe('hello bob');
+    expect((await request(server).get('/p').set('x-user', 'ann')).headers['x-cache']).toBe('HIT');
+    expect(runs()).toBe(2);
     const prefixed = new PageCache(fresh(), 'a');
     expect(prefixed.headerKey({ protocol: 'http', host: 'h', url: '/', headers: {} })).not.toBe(new PageCache(prefixed.cache, '').headerKey({ protocol: 'http', host: 'h', url: '/', headers: {} }));
   });

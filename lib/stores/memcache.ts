@@ -10,7 +10,8 @@
  * - memjs' console logging is routed to `onError`.
  * @module
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { hash } from '../keys';
 import KeyvMemcache from '@keyv/memcache';
 import { decodeEntries, encodeEntry, type Entry } from '../entry';
 import { OptionError } from '../errors';
@@ -90,7 +91,7 @@ export class MemcacheStore implements Store {
   private realKey(key: string, gen: string): string {
     const k = `${gen}/${key}`;
     if (k.length <= 240 && /^[\x21-\x7e]+$/.test(k)) return k;
-    return `${gen}/#${createHash('sha256').update(key).digest('base64url')}`;
+    return `${gen}/#${hash(key)}`; // injective on any string (lone surrogates too)
   }
 
   private async gens(keys: readonly string[]): Promise<Map<string, string>> {
