@@ -18,6 +18,7 @@ function sh(cmd: string, args: string[], cwd: string): Promise<{ code: number | 
   return new Promise((resolve, reject) => {
     const env = { ...process.env };
     delete env.FRAGCACHE_STORE;
+    delete env.FRAGCACHE_LEAK_GUARD; // a consumer's defaults (the suite turns the guard off for its own specs)
     // npm run (npm test) exports settings for *this* package; the install below is for another one.
     for (const k of Object.keys(env)) if (/^npm_(config_|package_|lifecycle_)/i.test(k) && !/^npm_config_(cache|registry|userconfig)$/i.test(k)) delete env[k];
     const child = spawn(cmd, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -142,7 +143,7 @@ describe('npm pack, installed into an empty folder', () => {
       ? "import Keyv from 'keyv';\nimport { createKeyv } from '@keyv/redis';\nimport { createEngine } from 'fragcache';\n"
       : "const { default: Keyv } = require('keyv');\nconst { createKeyv } = require('@keyv/redis');\nconst { createEngine } = require('fragcache');\n";
     const body = `const engine = createEngine({ store: ${store}, prefix: process.argv[2] });
-const t = '<% cache 60 x %>{{ n }}<% endcache %>';
+const t = '<% cache 60 x shared=["n"] %>{{ n }}<% endcache %>';
 const out = (await engine.renderString(t, { n: 1 })) + (await engine.renderString(t, { n: 2 }));
 const { errors, hits } = engine.stats();
 await engine.close();
