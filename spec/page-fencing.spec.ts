@@ -71,6 +71,8 @@ describeWith(need(redisAvailability), 'late page tags across hosts with skewed c
     const path = `/p?edit=${skew}`;
     const first = await request(server).get(path);
     expect(first.status).toBe(200);
+    // Late tags are checked after the response: it cannot say `stored` (it was not).
+    expect(first.headers['cache-status']).toBe('fragcache; fwd=uri-miss');
     const second = await request(server).get(path);
     expect(second.headers['x-cache']).toBe('MISS'); // not the page built from data older than the edit
   }, 40_000);

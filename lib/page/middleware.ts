@@ -316,8 +316,10 @@ function capture(req: PageReq, res: PageRes, c: Capture): void {
     }
     let etag = final.etag;
     if (typeof etag !== 'string' && body !== 'later') res.setHeader('ETag', (etag = etagOf(body)));
-    // `stored` only with the whole body in hand; after an explicit writeHead it is not known yet.
-    res.setHeader('Cache-Status', body === 'later' ? 'fragcache; fwd=uri-miss' : 'fragcache; fwd=uri-miss; stored');
+    // `stored` only with the whole body in hand; after an explicit writeHead it is not known yet, nor with late tags
+    // (`res.locals.cacheTags`), whose versions are read after the response: an invalidation may still keep it out.
+    const late = (res as { locals?: { cacheTags?: unknown } }).locals?.cacheTags !== undefined;
+    res.setHeader('Cache-Status', body === 'later' || late ? 'fragcache; fwd=uri-miss' : 'fragcache; fwd=uri-miss; stored');
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of Object.entries({ ...(layer ?? final), ...ours })) {
       if (value !== undefined && !NOT_REPLAYED.has(name)) headers[name] = typeof value === 'number' ? String(value) : value;
