@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import nunjucks from 'nunjucks';
-import { createEngine, type Engine } from '../lib';
+import { createEngine, MemoryStore, type Engine } from '../lib';
 import type { RedisStore } from '../lib/stores/redis';
 import { describeWith, need, redis, uniquePrefix, until, type TestServer } from './support/servers';
 import { writeTemplates } from './support/views';
@@ -272,7 +272,8 @@ interface Data {
   d: { n: Record<string, string>; v: Record<string, string>; t: Record<string, string> };
 }
 
-type Kind = 'memory' | 'sqlite' | 'redis';
+/** `tiny`: a memory store so small that entries and tag versions are evicted all the time. */
+type Kind = 'memory' | 'tiny' | 'sqlite' | 'redis';
 let tmp: string;
 let server: TestServer | undefined;
 
@@ -297,8 +298,9 @@ async function check(p: Program, kind: Kind, seed: number): Promise<string | nul
   writeTemplates(dir, files(p, true));
   writeTemplates(plainDir, files(p, false));
   const plain = new nunjucks.Environment(new nunjucks.FileSystemLoader(plainDir), { autoescape: true, tags: { blockStart: '<%', blockEnd: '%>' } });
-  let store: string | undefined;
+  let store: string | MemoryStore | undefined;
   if (kind === 'sqlite') store = `sqlite://${dir}.db`;
+  if (kind === 'tiny') store = new MemoryStore({ maxBytes: 1200 });
   if (kind === 'redis') store = (server ??= await redis.get!()).url;
   // A generous store budget: on a loaded machine an invalidation that times out rejects (as it must), failing the case.
   const engine: Engine = createEngine({ views: dir, store, prefix: kind === 'redis' ? uniquePrefix('diff') : undefined, timeout: 10_000 });
@@ -438,6 +440,7 @@ const N = Number(process.env.DIFF_CASES ?? 100);
 describe('differential: fragcache vs plain Nunjucks on random templates', () => {
   test(`memory store, ${N} seeded templates`, () => run('memory', 1, N), 120_000);
   test(`SQLite store, ${Math.ceil(N / 2)} seeded templates`, () => run('sqlite', 100_001, Math.ceil(N / 2)), 120_000);
+  test(`a memory store so small that entries and tag versions are evicted constantly, ${Math.ceil(N / 2)} seeded templates`, () => run('tiny', 300_001, Math.ceil(N / 2)), 120_000);
 });
 
 describeWith(need(redis), 'differential on Redis', () => {
