@@ -215,7 +215,10 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
       for (const k of tagKeys) out.set(k, this.tagVersionSync(k));
       return out;
     }
-    // The store's TTL bounds the record, not `expires`: writes of longer-lived entries extend it (writeMany).
+    // The store's TTL bounds the record, not `expires`: writes of longer-lived entries extend it (writeMany). A store
+    // that cannot extend a record (Memcached, a plain Keyv) keeps it until evicted, as it evicts by LRU anyway: else
+    // a tag shared by a short-lived and a long-lived fragment would drop the long one with the short one's record.
+    if (!this.store.extend) ttlMs = null;
     const record = (body: string): Entry => ({ body, created: Date.now(), expires: null });
     const found = await this.guard.run('getMany', () => this.store.getMany([...tagKeys, this.lastInvalidationKey]));
     const missing: string[] = [];
@@ -503,7 +506,8 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   async bumpTags(tagIds: readonly string[]): Promise<void> {
     // Stamped with an upper bound of the store's time: renders whose data was loaded before it do not store. If
     // the store cannot tell its time within the budget, this host's clock stands in (the invalidation matters more).
-    await this.clock.ready(this.guard.timeout);
+    // Invalidations are rare: a process that has not measured the clock yet (a worker, a cron job) waits for it.
+    await this.clock.ready(this.guard.isOpen ? this.guard.timeout : Math.max(this.guard.timeout, 3000));
     const at = this.clock.upperSync();
     // A TTL, so that invalidating a name never stored leaves no permanent key. Safe whatever its length: once
     // the record is gone, every entry stamped with any version of the tag reads as invalid.

@@ -430,7 +430,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       const check = new RenderSession(this.resolve, { waitMs: this.waitTimeout, redirect });
       check.lastPass = true; // same-tick shadow stores: one pass
       check.pass(() => this.renderPass(tmpl, context));
-    }, (w) => this.warn(w));
+    }, (w) => this.warn(w), (s) => session.dataPredates(s.entry, s.cache));
     this.pending.add(done);
     void done.finally(() => this.pending.delete(done));
   }

@@ -93,6 +93,8 @@ interface Frame {
   mark: number;
   /** {@link RenderSession.valueDepth} when it opened. */
   vd: number;
+  /** How long its entry would live (TTL + stale), ms; `null`: no expiry; 0 for an uncached fragment. */
+  lifeMs: number | null;
 }
 
 /**
@@ -102,6 +104,8 @@ interface Frame {
 interface Done {
   /** The output as the tag returned it. */
   out: string;
+  /** Its forms, computed on first use (see {@link mayContain}). */
+  forms?: Forms;
   cache: FragmentCache;
   /** Tag pairs of everything in it. */
   tags: readonly string[] | undefined;
@@ -116,18 +120,30 @@ const MAX_TIED = 256;
 
 const escapeHtml = (nunjucks.lib as unknown as { escape(s: string): string }).escape;
 
-/**
- * Whether output `o` may be part of `out`: as it is, HTML-escaped (a `set` capture is text, escaped when output) or
- * trimmed. Empty output is in everything.
- */
-function mayContain(out: string, o: string): boolean {
-  if (!o) return true;
-  if (out.includes(o)) return true;
+/** The forms in which a fragment's output may appear in a body: as it is, HTML-escaped, trimmed (computed once). */
+interface Forms {
+  raw: string;
+  esc: string | undefined;
+  trimmed: string | undefined;
+  trimmedEsc: string | undefined;
+  /** Length of the shortest form: a body shorter than it cannot hold it. */
+  min: number;
+}
+
+function formsOf(o: string): Forms {
   const e = escapeHtml(o);
-  if (e !== o && out.includes(e)) return true;
   const t = o.trim();
-  if (t !== o && (!t || out.includes(t) || out.includes(escapeHtml(t)))) return true;
-  return false;
+  const te = t === o ? undefined : escapeHtml(t);
+  return { raw: o, esc: e === o ? undefined : e, trimmed: t === o ? undefined : t, trimmedEsc: te === t ? undefined : te, min: t.length };
+}
+
+/**
+ * Whether output with forms `f` may be part of `out`: as it is, HTML-escaped (a `set` capture is text, escaped when
+ * output) or trimmed. (Empty output is in everything: the caller handles it.)
+ */
+function mayContain(out: string, f: Forms): boolean {
+  if (f.min > out.length) return false;
+  return out.includes(f.raw) || (f.esc !== undefined && out.includes(f.esc)) || (f.trimmed !== undefined && out.includes(f.trimmed)) || (f.trimmedEsc !== undefined && out.includes(f.trimmedEsc));
 }
 
 const SafeString = nunjucks.runtime.SafeString;
@@ -245,7 +261,7 @@ export class RenderSession {
    */
   private valueDepth = 0;
   /** Tag versions of uncached fragments' own tags, to read before the next pass (remote stores). */
-  private readonly wantedTags = new Map<FragmentCache, Set<string>>();
+  private readonly wantedTags = new Map<FragmentCache, Map<string, number | null>>();
   /** Tag versions that could not be read (store down): fragments depending on them are not stored. */
   private readonly unreadableTags = new Set<string>();
   /** Nesting depth of fragments being rendered (cached or not), for `explain`. */
@@ -282,8 +298,8 @@ export class RenderSession {
   sampled: Map<string, { cache: FragmentCache; entry: Entry; block: Block }> | undefined;
   /** For the `verify` re-render: the cache each fragment really uses instead of its own (a shadow). */
   private readonly redirect: ((cache: FragmentCache) => FragmentCache) | undefined;
-  /** Local epoch ms at which this render started. */
-  private readonly started = Date.now();
+  /** Local epoch ms at which this render started (again at each {@link reset}: the implicit session is reused). */
+  private started = Date.now();
   /** Local epoch ms before which the render's data was not loaded, when known (see `fencing.ts`). */
   private readonly since: number | undefined;
   /** Without `since`: how long output of a tag invalidated just before the render may live, ms. */
@@ -329,8 +345,18 @@ export class RenderSession {
     return this.wanted.size > 0 || this.wantedTags.size > 0;
   }
 
+  /**
+   * True when this render's data may predate an invalidation of one of `entry`'s tags (by the rule of `write`): then
+   * its own output of that fragment may be older than the entry, and a difference says nothing (`verify`).
+   */
+  dataPredates(entry: Entry, cache: FragmentCache): boolean {
+    const f = fence(entry.tags, this.since, this.started, cache.clock, this.sinceWindow);
+    return !f.store || f.expiresBy !== undefined;
+  }
+
   /** Forgets everything, for reuse by another render (the extension keeps one for plain `env.render()`). */
   reset(): void {
+    this.started = Date.now();
     this.resolved.clear();
     this.versions.clear();
     this.wanted.clear();
@@ -438,7 +464,7 @@ export class RenderSession {
       }
       return new SafeString(this.annotating ? annotate(block.name, r.fresh ? 'miss' : r.stale ? 'stale' : 'hit', r.entry.created, r.entry.body) : r.entry.body);
     }
-    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store, mark: this.done.length, vd: this.valueDepth };
+    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: !r.store, mark: this.done.length, vd: this.valueDepth, lifeMs: spec.ttlMs === null ? null : spec.ttlMs + spec.staleMs };
     // Values computed earlier in this pass (a `set` capture, a macro's result) may hold the empty output of a
     // fragment that was still unknown: then this body's output is provisional too.
     const tainted = this.wanted.size > 0;
@@ -512,7 +538,7 @@ export class RenderSession {
     const traced = this.trace ? { name: block.name, vary: spec.vary, key: '', status: 'uncached' as const, ms: 0, size: 0, tags: [], depth: this.depth } : undefined;
     if (traced) this.trace!.push(traced);
     // A frame of its own collects what renders inside it, for the fragment around it and for later ones (see tieEarlier).
-    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: false, mark: this.done.length, vd: this.valueDepth };
+    const frame: Frame = { cache: spec.cache, deps: new Map(), complete: true, noStore: false, mark: this.done.length, vd: this.valueDepth, lifeMs: 0 };
     this.stack.push(frame);
     this.depth++;
     let out: string;
@@ -576,8 +602,12 @@ export class RenderSession {
       } else {
         missing = true;
         let set = this.wantedTags.get(spec.cache);
-        if (!set) this.wantedTags.set(spec.cache, (set = new Set()));
-        set.add(k);
+        if (!set) this.wantedTags.set(spec.cache, (set = new Map()));
+        // A record created for it lives as long as the longest entry around that will carry it (traffic creates one
+        // per vary value: none may be permanent unless such an entry is).
+        let life: number | null = set.get(k) ?? 0;
+        for (const f of this.stack) if (life !== null) life = f.lifeMs === null ? null : Math.max(life, f.lifeMs);
+        set.set(k, life);
         for (const f of this.stack) f.complete = false;
         into.complete = false;
       }
@@ -597,8 +627,11 @@ export class RenderSession {
     let tied = 0;
     for (let i = 0; i < frame.mark; i++) {
       const d = this.done[i];
-      if (!mayContain(out, d.out)) continue;
-      if (++tied > MAX_TIED) {
+      // Empty output may stand anywhere (it is tied, but costs nothing to find and does not count against the cap).
+      const f = (d.forms ??= formsOf(d.out));
+      const empty = f.min === 0;
+      if (!empty && !mayContain(out, f)) continue;
+      if (!empty && ++tied > MAX_TIED) {
         frame.noStore = true; // bounded work and entry size: rendered every time rather than tied to hundreds
         return;
       }
@@ -789,10 +822,13 @@ export class RenderSession {
     this.wantedTags.clear();
     await Promise.all(
       wanted.map(async ([cache, set]) => {
-        const keys = [...set].filter((k) => !this.versions.has(k));
+        const keys = [...set.keys()].filter((k) => !this.versions.has(k));
         if (!keys.length) return;
+        let ttl: number | null = 0;
+        for (const k of keys) if (ttl !== null) ttl = set.get(k) === null ? null : Math.max(ttl, set.get(k)!);
         try {
-          for (const [k, v] of await cache.tagVersions(keys)) this.versions.set(k, v);
+          // (0: no cached fragment around will store it; a short life is then enough, and never permanent.)
+          for (const [k, v] of await cache.tagVersions(keys, ttl === 0 ? 60_000 : ttl)) this.versions.set(k, v);
         } catch (err) {
           cache.report(err);
           for (const k of keys) this.unreadableTags.add(k);

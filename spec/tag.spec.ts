@@ -32,6 +32,25 @@ describe('the cache tag: syntax', () => {
     expect(env.renderString('{% cache 60 plain %}other{% endcache %}', {})).toBe('other'); // different body → different digest
   });
 
+  test('fixed: in your own Environment, fragments are stored again after an invalidation (the reused session restarts its clock)', async () => {
+    const engine = createEngine();
+    const env = new nunjucks.Environment(null, { autoescape: true });
+    env.addExtension('FragmentCache', new CacheExtension(engine));
+    const tpl = '{% cache 60 box tags=["d"] %}{{ v }}{% endcache %}';
+    expect(env.renderString(tpl, { v: 1 })).toBe('1');
+    const now = Date.now();
+    const clock = jest.spyOn(Date, 'now').mockReturnValue(now + 10);
+    try {
+      await engine.invalidateTag('d');
+      clock.mockReturnValue(now + 5000); // well past the unknown-since window after the invalidation
+      expect(env.renderString(tpl, { v: 2 })).toBe('2');
+      expect(env.renderString(tpl, { v: 3 })).toBe('2'); // stored, not fenced against the first render's start
+      expect(engine.stats().fenced).toBe(0);
+    } finally {
+      clock.mockRestore();
+    }
+  });
+
   test('CacheExtension in your own Environment takes an engine, a FragmentCache, a resolver, or nothing', async () => {
     const engine = createEngine({ views: [], stores: { side: 'memory' } });
     const runs: string[] = [];

@@ -45,6 +45,23 @@ describe('verify', () => {
     await e.close();
   });
 
+  test('a request whose data predates an invalidation does not report or write back its older output', async () => {
+    const e = createEngine({ verify: 1, leakGuard: 'off' });
+    const warnings: FragcacheWarning[] = [];
+    e.on('warning', (w) => warnings.push(w));
+    const tpl = '<% cache 60 box tags=["d"] %>{{ v }}<% endcache %>';
+    const t0 = Date.now() - 5; // request A loads "old" here…
+    await new Promise((r) => setTimeout(r, 10));
+    await e.invalidateTag('d'); // …then the data changes and is invalidated…
+    expect(await e.renderString(tpl, { v: 'new' })).toBe('new'); // …request B stores the new output
+    // A renders its old data and hits B's entry (the right answer for a fragment): its sampled re-render differs.
+    expect(await e.renderString(tpl, { v: 'old' }, { since: t0 })).toBe('new');
+    await e.settled();
+    expect(warnings).toEqual([]); // not a leak: A's data is simply older
+    expect(await e.renderString(tpl, { v: 'whatever' })).toBe('new'); // and "old" was not written back
+    await e.close();
+  });
+
   test('a fragment that is a function of its key: sampled, re-rendered, nothing reported', async () => {
     const { e, warnings, runs } = engineWith(1);
     await e.renderString(TPL);
