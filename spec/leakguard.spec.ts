@@ -132,10 +132,10 @@ describe('leak guard modes', () => {
   });
 
   test('defaults: warn, except off in production; bad values are option errors', () => {
-    expect(leakGuardOf(undefined, 'development', undefined)).toEqual({ mode: 'warn', shared: [] });
-    expect(leakGuardOf(undefined, 'production', undefined)).toEqual({ mode: 'off', shared: [] });
-    expect(leakGuardOf({ shared: ['site'] }, 'production', undefined)).toEqual({ mode: 'off', shared: ['site'] });
-    expect(leakGuardOf('error', 'production', undefined).mode).toBe('error');
+    expect(leakGuardOf(undefined, 'development', '')).toEqual({ mode: 'warn', shared: [] });
+    expect(leakGuardOf(undefined, 'production', '')).toEqual({ mode: 'off', shared: [] });
+    expect(leakGuardOf({ shared: ['site'] }, 'production', '')).toEqual({ mode: 'off', shared: ['site'] });
+    expect(leakGuardOf('error', 'production', '').mode).toBe('error');
     // FRAGCACHE_LEAK_GUARD sets the default for a process; an explicit mode wins; a bad value names the variable.
     expect(leakGuardOf(undefined, 'production', 'error').mode).toBe('error');
     expect(leakGuardOf(undefined, 'development', 'off').mode).toBe('off');
