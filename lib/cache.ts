@@ -121,7 +121,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   private readonly lastReported = new Map<string, number>();
   /** The emitter events go to (this cache, or the engine that owns it). */
   readonly events: EventEmitter<CacheEvents>;
-  /** Offset to the store's clock, in which invalidation times are stamped (see `fencing.ts`). */
+  /** @internal Offset to the store's clock, in which invalidation times are stamped (see `fencing.ts`). */
   readonly clock: StoreClock;
 
   constructor(store: Store, options: CacheOptions = {}) {
