@@ -112,7 +112,13 @@ export function decodeEntry(raw: unknown, key: string): Entry | undefined | type
  * when any reply holds another key's entry: the whole batch is then suspect (a connection out of step
  * answers every later request with the reply meant for an earlier one), so none of it is served.
  */
-export function decodeEntries(raws: readonly unknown[], keys: readonly string[], store: string): (Entry | undefined)[] {
+export function decodeEntries(
+  raws: readonly unknown[],
+  keys: readonly string[],
+  store: string,
+  /** Asked about a reply under another key's digest: true reads it as a miss (a value misplaced in the store). */
+  misplaced?: (key: string) => boolean,
+): (Entry | undefined)[] {
   if (raws.length !== keys.length) {
     throw new StoreIntegrityError(`${store} store: ${raws.length} replies for ${keys.length} keys (the connection is out of step)`, store, 'getMany');
   }
@@ -121,6 +127,10 @@ export function decodeEntries(raws: readonly unknown[], keys: readonly string[],
     const r = raws[i];
     const e = r === null || r === undefined ? undefined : decodeEntry(r, keys[i]);
     if (e === WRONG_KEY) {
+      if (misplaced?.(keys[i])) {
+        out[i] = undefined;
+        continue;
+      }
       throw new StoreIntegrityError(
         `${store} store: the reply for ${describe(keys[i])} holds an entry written under another key (the connection is out of step; not served, reconnecting)`,
         store,

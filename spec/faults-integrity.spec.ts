@@ -193,16 +193,43 @@ describeWith(need(redis, true), 'Redis integrity through a faulty link (private 
         const seen: FragcacheError[] = [];
         other.on('error', (e) => seen.push(e));
         try {
-          // The whole read is suspect (one wrong reply means the connection may be out of step): all fresh.
-          expect(await other.renderString(PAGE, { user: 'alice', v: '2' })).toBe(page('alice', '2'));
+          // The read is suspect (one wrong reply means the connection may be out of step): the connection is replaced,
+          // and what is served comes from it, each entry checked against its key: never Bob's.
+          const first = await other.renderString(PAGE, { user: 'alice', v: '2' });
+          expect(first).not.toContain('bob');
+          expect(first.startsWith('[0:alice:2]')).toBe(true); // the fragment whose key held Bob's entry: fresh
           expect(seen.some((e) => e instanceof StoreIntegrityError && /another key/.test(e.message))).toBe(true);
           expect((other.cache.store as RedisStore).resets).toBeGreaterThanOrEqual(1);
-          // Healed: the next render reads (and hits) again, Bob's entry never served to Alice.
-          await until('caching to resume', async () => (await other.renderString(PAGE, { user: 'alice', v: '3' })) === page('alice', '2'), 2000, 20);
+          // Healed: the next renders read (and hit) again.
+          await until('caching to resume', async () => (await other.renderString(PAGE, { user: 'alice', v: '3' })) === first, 2000, 20);
         } finally {
           await other.close();
         }
       } finally {
+        await admin.quit();
+      }
+    });
+
+    it('a value misplaced in the store itself (the same wrong key again on a fresh connection) is a miss and deleted, not a reset on every read', async () => {
+      expect(await engine.renderString(PAGE, { user: 'carol', v: '1' })).toBe(page('carol', '1'));
+      expect(await engine.renderString(PAGE, { user: 'dan', v: '1' })).toBe(page('dan', '1'));
+      const [c, d] = await Promise.all(['carol', 'dan'].map(async (user) => (await engine.explainString(PAGE, { user, v: '1' })).fragments[0].key));
+      const admin = createClient({ url: server.url });
+      await admin.connect();
+      const other = createEngine({ store: `redis://127.0.0.1:${proxy.port}`, prefix: engine.cache.prefix });
+      other.on('error', () => undefined);
+      try {
+        const misplaced = (await admin.get(d))!;
+        const renders: string[] = [];
+        for (let i = 0; i < 5; i++) {
+          await admin.set(c, misplaced); // an operator's COPY, kept there whatever the app writes
+          renders.push(await other.renderString(PAGE, { user: 'carol', v: '2' }));
+        }
+        expect(renders.every((r) => r.startsWith('[0:carol:2]') && !r.includes('dan'))).toBe(true); // never Dan's
+        // One reset (the first time, as for a connection out of step); after that, read as a miss and deleted.
+        expect((other.cache.store as RedisStore).resets).toBe(1);
+      } finally {
+        await other.close();
         await admin.quit();
       }
     });

@@ -120,6 +120,32 @@ export class RedisStore implements Store {
   private resetting = false;
   /** Connections replaced so far (for tests and inspection). */
   resets = 0;
+  private report: ((err: unknown) => void) | undefined;
+  /** The cache's error reporter (for a misplaced value, which is not a failed call). */
+  reportTo(report: (err: unknown) => void): void {
+    this.report = report;
+  }
+
+  /** Keys whose reply held another key's entry, with {@link resets} at the time (see {@link misplaced}). */
+  private readonly wrongKeys = new LRUCache<string, number>({ max: 1000 });
+
+  /**
+   * A reply under another key's digest means a connection out of step, unless the same key does it again on a
+   * connection opened since: then the store itself holds a misplaced value (a RENAME, a COPY, a restore under
+   * another prefix, tampering). That value is a miss and is deleted, and the connection is left alone (resetting
+   * it on every read would never heal, and would fail every other call in flight).
+   */
+  private misplaced(key: string): boolean {
+    const at = this.wrongKeys.get(key);
+    if (at !== undefined && at < this.resets) {
+      // (Kept: a key misplaced again, e.g. by a recurring job, stays a miss, and is never worth a reset.)
+      this.report?.(new StoreIntegrityError(`redis store: ${JSON.stringify(key.slice(0, 120))} holds an entry written under another key (a misplaced or tampered value): read as a miss and deleted`, 'redis', 'getMany'));
+      void this.deleteMany([key]).catch(() => undefined);
+      return true;
+    }
+    this.wrongKeys.set(key, this.resets);
+    return false;
+  }
   private readyListeners: (() => void)[] = [];
   /** Last connection error, for messages. */
   lastError: Error | undefined;
@@ -367,7 +393,7 @@ export class RedisStore implements Store {
     let got: (Entry | undefined)[];
     try {
       if (!Array.isArray(raw)) throw new StoreIntegrityError(`redis store: a read got ${typeof raw} instead of a list (the connection is out of step)`, 'redis', 'getMany');
-      got = decodeEntries(raw, rest, 'redis');
+      got = decodeEntries(raw, rest, 'redis', (k) => this.misplaced(k));
     } catch (err) {
       if (client === this.client) this.reset(err);
       throw err;
