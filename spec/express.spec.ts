@@ -1,23 +1,12 @@
 /** The Express view engine: `engine.express(app)` + `res.render`, over real HTTP. */
-import { once } from 'node:events';
 import { execFileSync } from 'node:child_process';
-import http from 'node:http';
 import path from 'node:path';
-import express, { type Express } from 'express';
+import express from 'express';
 import request from 'supertest';
 import { createEngine, OptionError, TemplateError } from '../lib';
 import { views, counter } from './support/views';
+import { serve } from './support/http';
 
-const servers: http.Server[] = [];
-afterAll(async () => {
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-});
-async function serve(app: Express): Promise<http.Server> {
-  const s = app.listen(0, '127.0.0.1');
-  servers.push(s);
-  await once(s, 'listening');
-  return s;
-}
 
 describe('engine.express(app)', () => {
   it('renders fragcache templates from the engine views, with fragments cached across requests', async () => {

@@ -4,40 +4,14 @@
  * of every copy. See docs/security.md for the list.
  */
 import http from 'node:http';
-import { once } from 'node:events';
-import express, { type Express, type RequestHandler } from 'express';
+import express, { type RequestHandler } from 'express';
 import request from 'supertest';
 import onHeaders from 'on-headers';
-import { FragmentCache, MemoryStore, PageCacheError, type Store } from '../lib';
+import { FragmentCache, MemoryStore, PageCacheError } from '../lib';
 import { cacheMiddleware, cachePage, invalidatePage, pageCache } from '../lib/express';
+import { asyncStore, serve } from './support/http';
 
-const servers: http.Server[] = [];
-afterAll(async () => {
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-});
 
-async function serve(app: Express): Promise<http.Server> {
-  const s = app.listen(0, '127.0.0.1');
-  servers.push(s);
-  await once(s, 'listening');
-  return s;
-}
-
-/** The same memory store seen as a remote one (no same-tick access, `shared`), as Redis is. */
-function asyncStore(inner = new MemoryStore()): Store & { inner: MemoryStore } {
-  return {
-    inner,
-    kind: 'async-memory',
-    shared: true,
-    getMany: (k) => inner.getMany(k),
-    setMany: (w) => inner.setMany(w),
-    add: (k, e, t) => inner.add(k, e, t),
-    deleteMany: (k) => inner.deleteMany(k),
-    clear: (p) => inner.clear(p),
-    keys: (p) => inner.keys(p),
-    close: async () => {},
-  };
-}
 
 const fresh = () => new FragmentCache(new MemoryStore());
 

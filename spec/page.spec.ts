@@ -1,27 +1,13 @@
 /** Whole-page caching rules (Django's cache_page and its 2026 fixes), each over real HTTP. */
-import http from 'node:http';
-import { once } from 'node:events';
 import path from 'node:path';
-import express, { type Express, type RequestHandler } from 'express';
+import express, { type RequestHandler } from 'express';
 import request from 'supertest';
 import { createEngine, createStore, FragmentCache, MemoryStore, OptionError, type Store } from '../lib';
 import { cacheMiddleware, cachePage, invalidatePage, invalidatePageTag, PageCache, parseVary, type PageMiddleware } from '../lib/express';
 import compression from 'compression';
 import onHeaders from 'on-headers';
 import { views } from './support/views';
-
-const servers: http.Server[] = [];
-afterAll(async () => {
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-});
-
-/** Starts the app on a loopback port; one server per app, so the Host header stays the same. */
-async function serve(app: Express): Promise<http.Server> {
-  const s = app.listen(0, '127.0.0.1');
-  servers.push(s);
-  await once(s, 'listening');
-  return s;
-}
+import { asyncStore, serve } from './support/http';
 
 /** An app with one route `path` whose handler counts its runs. */
 async function appWith(mw: RequestHandler | PageMiddleware, handler: RequestHandler, path = '/p') {
@@ -440,21 +426,6 @@ describe('options', () => {
 
 // ---------------------------------------------------------------- regressions of the review
 
-/** The same memory store seen as a remote one (no same-tick access), like Redis is. */
-function asyncStore(inner = new MemoryStore()): Store & { inner: MemoryStore } {
-  return {
-    inner,
-    kind: 'async-memory',
-    shared: true,
-    getMany: (k) => inner.getMany(k),
-    setMany: (w) => inner.setMany(w),
-    add: (k, e, t) => inner.add(k, e, t),
-    deleteMany: (k) => inner.deleteMany(k),
-    clear: (p) => inner.clear(p),
-    keys: (p) => inner.keys(p),
-    close: async () => {},
-  };
-}
 
 async function keysOf(store: { keys?(p: string): AsyncIterable<string> }, prefix: string): Promise<string[]> {
   const out: string[] = [];
