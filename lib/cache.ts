@@ -12,6 +12,7 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
+import type { StoreBudget } from './budget';
 import { parseTtl, type Ttl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
 import { FragcacheError, OptionError, StoreError } from './errors';
@@ -206,7 +207,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
    * record lives `ttlMs` (`null`: until evicted): give the longest lifetime of the entries that will carry it,
    * so that traffic leaves no permanent key (a record that expires only makes its entries misses).
    */
-  async tagVersions(tagKeys: readonly string[], ttlMs: number | null = null): Promise<Map<string, string>> {
+  async tagVersions(tagKeys: readonly string[], ttlMs: number | null = null, budget?: StoreBudget): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     if (!tagKeys.length) return out;
     const sync = this.store.sync;
@@ -220,23 +221,23 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     // a tag shared by a short-lived and a long-lived fragment would drop the long one with the short one's record.
     if (!this.store.extend) ttlMs = null;
     const record = (body: string): Entry => ({ body, created: Date.now(), expires: null });
-    const found = await this.guard.run('getMany', () => this.store.getMany([...tagKeys, this.lastInvalidationKey]));
+    const found = await this.guard.run('getMany', () => this.store.getMany([...tagKeys, this.lastInvalidationKey]), undefined, budget);
     const missing: string[] = [];
     tagKeys.forEach((k, i) => (found[i] ? out.set(k, found[i]!.body) : missing.push(k)));
     const last = FragmentCache.lastTime(found[tagKeys.length]);
     await Promise.all(
       missing.map(async (k) => {
         const v = createdVersion(last);
-        const added = await this.guard.run('add', () => this.store.add(k, record(v), ttlMs));
+        const added = await this.guard.run('add', () => this.store.add(k, record(v), ttlMs), undefined, budget);
         if (added) out.set(k, v);
         else {
           // Someone created it first (maybe an invalidation): use theirs.
-          const [again] = await this.guard.run('getMany', () => this.store.getMany([k]));
+          const [again] = await this.guard.run('getMany', () => this.store.getMany([k]), undefined, budget);
           if (again) out.set(k, again.body);
           else {
             // The key holds something unreadable (garbage, another format version) or vanished since: replace it
             // with a new version. Safe: no entry carries a version that was never readable, so none revives.
-            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: record(v), ttlMs }]));
+            await this.guard.run('setMany', () => this.store.setMany([{ key: k, entry: record(v), ttlMs }]), undefined, budget);
             out.set(k, v);
           }
         }
@@ -265,11 +266,11 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
 
   // ---------------------------------------------------------------- guarded store access
 
-  /** Reads entries; a store failure is reported and reads as all-miss. */
-  async readMany(keys: readonly string[]): Promise<(Entry | undefined)[]> {
+  /** Reads entries; a store failure (or a spent request `budget`) is reported and reads as all-miss. */
+  async readMany(keys: readonly string[], budget?: StoreBudget): Promise<(Entry | undefined)[]> {
     if (this.store.sync) return keys.map((k) => this.store.sync!.get(k));
     try {
-      return await this.guard.run('getMany', () => this.store.getMany(keys));
+      return await this.guard.run('getMany', () => this.store.getMany(keys), undefined, budget);
     } catch (err) {
       this.report(err);
       return keys.map(() => undefined);

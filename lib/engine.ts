@@ -4,6 +4,7 @@
  * @module
  */
 import { EventEmitter } from 'node:events';
+import { STORE_BUDGET, StoreBudget } from './budget';
 import path from 'node:path';
 import nunjucks from 'nunjucks';
 import { FragmentCache, type CacheEvents, type Counters } from './cache';
@@ -47,6 +48,15 @@ export interface EngineOptions {
   /** Time budget and circuit breaker of store calls (default 100 ms budget, 3 failures, retry after 0.5 s). */
   timeout?: number;
   /**
+   * Store-time budget of one request, in ms (default: `timeout`): how long one render, or one page request
+   * through the page cache (page look-up, lock, fragments, tag versions), may wait on the stores in total.
+   * A miss makes several store calls in a row, so on a slow store (each call under `timeout`, none failing)
+   * they add up; once this is spent the request reads nothing more from the stores, renders what is left
+   * uncached, and does not wait for its writes (they finish in the background). Only time spent waiting on a
+   * store counts (calls made together once), never the route's own work. `Infinity` turns it off.
+   */
+  requestBudget?: number;
+  /**
    * Longest time a render waits for a fragment that another render in this process is producing (single-flight),
    * in ms (default 5000). After that it renders the fragment itself.
    */
@@ -65,7 +75,7 @@ export interface EngineOptions {
    * probability that grows as expiry nears, refreshed by one renderer (the lock winner) while others keep hitting.
    */
   earlyRefresh?: number;
-  breaker?: Omit<GuardOptions, 'timeout'>;
+  breaker?: Omit<GuardOptions, 'timeout' | 'requestBudget'>;
   /**
    * Renders whose data-load time is not known (no `since`): output of a tag invalidated less than this many ms
    * before the render started is stored only until the invalidation time plus this (default 1000). The same
@@ -185,6 +195,15 @@ function lineColumn(text: string, offset: number): { line: number; column: numbe
   return { line: before.split('\n').length, column: offset - before.lastIndexOf('\n') };
 }
 
+/**
+ * The request's store budget, when the render runs inside one that has it (the page cache and `engine.express`
+ * put it on `res.locals` under a symbol, which Express copies into the render options).
+ */
+function budgetOf(options: object): StoreBudget | undefined {
+  const b = (options as Record<symbol, unknown>)[STORE_BUDGET];
+  return b instanceof StoreBudget ? b : undefined;
+}
+
 /** Epoch ms of a `since` option; rejects what is not a time. */
 function sinceOf(since: Date | number | undefined): number | undefined {
   if (since === undefined) return undefined;
@@ -251,6 +270,9 @@ export class Engine extends EventEmitter<EngineEvents> {
         throw new OptionError(name, value, 'expected a number of milliseconds > 0');
       }
     }
+    if (options.requestBudget !== undefined && (typeof options.requestBudget !== 'number' || Number.isNaN(options.requestBudget) || options.requestBudget <= 0)) {
+      throw new OptionError('requestBudget', options.requestBudget, 'expected a number of milliseconds > 0 (or Infinity)');
+    }
     this.waitTimeout = options.waitTimeout ?? 5000;
     if (options.verify !== undefined && (typeof options.verify !== 'number' || !(options.verify >= 0 && options.verify <= 1))) {
       throw new OptionError('verify', options.verify, 'expected a share of hits between 0 and 1, e.g. 0.01');
@@ -265,7 +287,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       earlyRefresh: options.earlyRefresh ?? 0,
       unknownSinceWindow: options.unknownSinceWindow ?? 1000,
     };
-    const guard = { ...options.breaker, timeout: options.timeout };
+    const guard: GuardOptions = { ...options.breaker, timeout: options.timeout, requestBudget: options.requestBudget };
     const caches = new Map<string, FragmentCache>();
     const byStore = new Map<unknown, FragmentCache>();
     const make = (alias: string, spec: StoreSpec | undefined) => {
@@ -331,7 +353,7 @@ export class Engine extends EventEmitter<EngineEvents> {
    * start of the request) so that output of data loaded before an invalidation is never stored.
    */
   async render(name: string, context: object = {}, options: RenderOptions = {}): Promise<string> {
-    return (await this.run(() => this.template(name), context, false, false, sinceOf(options.since))).html;
+    return (await this.run(() => this.template(name), context, false, false, sinceOf(options.since), budgetOf(options))).html;
   }
 
   /** Renders template source. The third argument is the name used in error messages, or {@link RenderOptions}. */
@@ -370,9 +392,10 @@ export class Engine extends EventEmitter<EngineEvents> {
     }
   }
 
-  private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false, since?: number): Promise<Explained> {
+  private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false, since?: number, budget?: StoreBudget): Promise<Explained> {
     const tmpl = load();
-    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock, since, fencing: !this.unfenced });
+    budget ??= new StoreBudget(this.cache.guard.requestBudget);
+    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock, since, fencing: !this.unfenced, budget });
     try {
       for (let passes = 1; ; passes++) {
         const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);

@@ -77,6 +77,13 @@ export class StoreError extends FragcacheError {
 export class StoreTimeoutError extends StoreError {}
 
 /**
+ * A store operation was skipped or cut short because its request had already waited its whole store-time
+ * budget (`requestBudget`) on the store. Reported through the `error` event; not a store failure (it does not
+ * count towards opening the circuit).
+ */
+export class StoreBudgetError extends StoreTimeoutError {}
+
+/**
  * A store replied with an entry written under another key than the one asked for: the connection is out of
  * step (a garbled reply, a faulty proxy). The entry is not served; the store drops that connection.
  */

@@ -7,13 +7,19 @@
  * the store to replace that connection (`Store.reset`); so does a reply under the wrong key at once.
  * @module
  */
-import { StoreError, StoreIntegrityError, StoreTimeoutError } from './errors';
+import type { StoreBudget } from './budget';
+import { StoreBudgetError, StoreError, StoreIntegrityError, StoreTimeoutError } from './errors';
 import type { Store } from './store';
 
 /** Options of the store guard (engine options `timeout`, `breaker`). */
 export interface GuardOptions {
   /** Time budget of one store call, in ms (default 100). A call over budget counts as a failure. */
   timeout?: number;
+  /**
+   * Store-time budget of one request (a render, or a page request through the page cache), in ms (default:
+   * `timeout`): the total time it may wait on the store across all its calls. `Infinity` for none.
+   */
+  requestBudget?: number;
   /** Consecutive failures that open the circuit (default 3). */
   failures?: number;
   /**
@@ -31,6 +37,8 @@ export const STUCK_AFTER_MS = 400;
 /** Runs store calls under a time budget and a circuit breaker. */
 export class StoreGuard {
   readonly timeout: number;
+  /** See {@link GuardOptions.requestBudget}. */
+  readonly requestBudget: number;
   private readonly storeKind: string;
   private readonly store: Pick<Store, 'reset' | 'onReady'> | undefined;
   private readonly maxFailures: number;
@@ -48,6 +56,7 @@ export class StoreGuard {
     this.storeKind = typeof store === 'string' ? store : store.kind;
     this.store = typeof store === 'string' ? undefined : store;
     this.timeout = options.timeout ?? 100;
+    this.requestBudget = options.requestBudget ?? this.timeout;
     this.maxFailures = options.failures ?? 3;
     this.retryAfter = options.retryAfter ?? 500;
     this.store?.onReady?.(() => this.probeSoon());
@@ -69,9 +78,11 @@ export class StoreGuard {
 
   /**
    * Runs `call` under the budget. Rejects with {@link StoreError} (or {@link StoreTimeoutError}) on failure,
-   * at once while the circuit is open.
+   * at once while the circuit is open. With a request's `budget`, the call also gets no more than what is
+   * left of it, and counts against it; a call refused or cut short by that budget rejects with
+   * {@link StoreBudgetError} and does not count as a store failure (the store kept its own per-call budget).
    */
-  async run<T>(operation: string, call: () => Promise<T>, timeout = this.timeout): Promise<T> {
+  async run<T>(operation: string, call: () => Promise<T>, timeout = this.timeout, budget?: StoreBudget): Promise<T> {
     if (this.state === 'open') {
       if (this.now() - this.openedAt < this.retryAfter) {
         throw new StoreError(`${this.storeKind} store is unavailable (circuit open after repeated failures)`, this.storeKind, operation);
@@ -79,6 +90,17 @@ export class StoreGuard {
       this.state = 'probing';
     } else if (this.state === 'probing') {
       throw new StoreError(`${this.storeKind} store is being probed after failures`, this.storeKind, operation);
+    }
+    let cut = false;
+    let leave: (() => void) | undefined;
+    if (budget) {
+      const left = budget.left();
+      if (left <= 0) throw this.budgetError(operation, budget, 'skipped');
+      if (left < timeout) {
+        timeout = Math.max(1, left);
+        cut = true;
+      }
+      leave = budget.enter();
     }
     let timer: NodeJS.Timeout | undefined;
     const connection = this.connection;
@@ -100,6 +122,8 @@ export class StoreGuard {
     } catch (err) {
       if (err instanceof StoreIntegrityError) this.reset(err);
       else if (err instanceof StoreTimeoutError && this.store?.reset) this.resetIfStuck(pending, err);
+      // Cut short by the request's budget, not by the store's own: says nothing about the store.
+      if (cut && err instanceof StoreTimeoutError) throw this.budgetError(operation, budget!, 'stopped');
       // A call that failed on a connection since replaced by a fresh one (a reset rejects the calls still on the
       // old one) says nothing about the new connection: it does not count towards opening the circuit.
       if (connection !== this.connection && !(err instanceof StoreTimeoutError)) {
@@ -115,7 +139,16 @@ export class StoreGuard {
       throw new StoreError(`${this.storeKind} store: ${operation} failed: ${(err as Error)?.message ?? err}`, this.storeKind, operation, { cause: err });
     } finally {
       clearTimeout(timer);
+      leave?.();
     }
+  }
+
+  private budgetError(operation: string, budget: StoreBudget, what: string): StoreBudgetError {
+    return new StoreBudgetError(
+      `${this.storeKind} store: ${operation} ${what}: the request has waited its whole store-time budget (requestBudget, ${budget.ms} ms) on the store; the rest renders uncached`,
+      this.storeKind,
+      operation,
+    );
   }
 
   private reset(err: unknown): void {

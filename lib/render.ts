@@ -12,6 +12,7 @@
  * @module
  */
 import nunjucks from 'nunjucks';
+import type { StoreBudget } from './budget';
 import { FragmentCache } from './cache';
 import { parseTtl } from './duration';
 import { flatten, tagKeysOf, tagPairs, type Entry } from './entry';
@@ -308,6 +309,9 @@ export class RenderSession {
   /** False only in the specs that prove the fencing is what keeps old output out. */
   private readonly fencing: boolean;
 
+  /** The request's store-time budget (`requestBudget`), shared with the page cache around it; none: unbounded. */
+  private readonly budget: StoreBudget | undefined;
+
   constructor(
     private readonly resolveCache: CacheResolver,
     options: {
@@ -320,6 +324,7 @@ export class RenderSession {
       since?: number;
       unknownSinceWindow?: number;
       fencing?: boolean;
+      budget?: StoreBudget;
       verify?: number;
       redirect?: (cache: FragmentCache) => FragmentCache;
     } = {},
@@ -327,6 +332,7 @@ export class RenderSession {
     this.since = options.since;
     this.sinceWindow = options.unknownSinceWindow ?? 1000;
     this.fencing = options.fencing ?? true;
+    this.budget = options.budget;
     this.waitMs = options.waitMs ?? 5000;
     this.beta = options.earlyRefresh ?? 0;
     this.lockMs = options.lockMs ?? 5000;
@@ -828,7 +834,7 @@ export class RenderSession {
         for (const k of keys) if (ttl !== null) ttl = set.get(k) === null ? null : Math.max(ttl, set.get(k)!);
         try {
           // (0: no cached fragment around will store it; a short life is then enough, and never permanent.)
-          for (const [k, v] of await cache.tagVersions(keys, ttl === 0 ? 60_000 : ttl)) this.versions.set(k, v);
+          for (const [k, v] of await cache.tagVersions(keys, ttl === 0 ? 60_000 : ttl, this.budget)) this.versions.set(k, v);
         } catch (err) {
           cache.report(err);
           for (const k of keys) this.unreadableTags.add(k);
@@ -844,7 +850,8 @@ export class RenderSession {
     // Round trip 1: the entries and the tag versions we already know we need.
     // (The offset to the store's clock is measured with the first batch, waited for no longer than a store call
     // may take, and refreshed now and then. Until it is known, what this render stores lives at most the window.)
-    const [found] = await Promise.all([cache.readMany([...keys, ...ownTags]), cache.clock.ready(cache.guard.timeout)]);
+    const clockWait = Math.max(0, Math.min(cache.guard.timeout, this.budget?.left() ?? Infinity));
+    const [found] = await Promise.all([cache.readMany([...keys, ...ownTags], this.budget), cache.clock.ready(clockWait)]);
     const missingTags: string[] = [];
     ownTags.forEach((k, i) => {
       const e = found[keys.length + i];
@@ -859,7 +866,7 @@ export class RenderSession {
     }
     if (depTags.size) {
       const deps = [...depTags];
-      const got = await cache.readMany(deps);
+      const got = await cache.readMany(deps, this.budget);
       deps.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
     }
     // Own tags never written (or evicted) get a fresh version before any body renders.
@@ -870,7 +877,7 @@ export class RenderSession {
         // vary value is created by traffic: none may be permanent unless an entry is).
         let ttl: number | null = 0;
         for (const spec of specs) if (ttl !== null) ttl = spec.ttlMs === null ? null : Math.max(ttl, spec.ttlMs + spec.staleMs);
-        for (const [k, v] of await cache.tagVersions(missingTags, ttl || null)) this.versions.set(k, v);
+        for (const [k, v] of await cache.tagVersions(missingTags, ttl || null, this.budget)) this.versions.set(k, v);
       } catch (err) {
         cache.report(err);
         canStore = false;
@@ -970,7 +977,7 @@ export class RenderSession {
   private async lockMisses(specs: Spec[]): Promise<void> {
     const tokens = await Promise.all(
       specs.map((s) =>
-        s.cache.guard.run('lock', () => s.cache.store.lock!(RenderSession.lockKey(s.key), this.lockMs)).catch((err) => {
+        s.cache.guard.run('lock', () => s.cache.store.lock!(RenderSession.lockKey(s.key), this.lockMs), undefined, this.budget).catch((err) => {
           s.cache.report(err);
           return null; // store down: render without a lock
         }),
@@ -989,8 +996,8 @@ export class RenderSession {
     });
     // Double-check after winning: the previous owner may have stored it and let go since this render read.
     for (const [cache, list] of RenderSession.byCache(won)) {
-      const got = await cache.readMany(list.map((s) => s.key));
-      await this.learnVersions(cache, got);
+      const got = await cache.readMany(list.map((s) => s.key), this.budget);
+      await this.learnVersions(cache, got, this.budget);
       list.forEach((spec, i) => {
         const e = got[i];
         // (An early-refresh candidate reads its own old copy again: that one does not count.)
@@ -1002,6 +1009,8 @@ export class RenderSession {
     }
     // Wait for the owner: poll its lock and the entry, with a short backoff (the owner's render is usually a few
     // ms). The lock is read before the entry, in one pipeline: a lock found gone means any entry is already written.
+    // The polls are bounded by `lockWaitMs`, not by the request's store budget: a slow winner's render would
+    // otherwise use that budget up in cheap polls, and every loser would render too (a stampede).
     const deadline = Date.now() + this.lockWaitMs;
     let delay = 1;
     while (waiting.length && Date.now() < deadline) {
@@ -1046,7 +1055,7 @@ export class RenderSession {
   }
 
   /** Reads the versions of tags carried by these entries that this render does not know yet (one round trip). */
-  private async learnVersions(cache: FragmentCache, entries: readonly (Entry | undefined)[]): Promise<void> {
+  private async learnVersions(cache: FragmentCache, entries: readonly (Entry | undefined)[], budget?: StoreBudget): Promise<void> {
     const unknown = new Set<string>();
     for (const e of entries) {
       const tags = e?.tags;
@@ -1054,7 +1063,7 @@ export class RenderSession {
     }
     if (!unknown.size || cache.store.sync) return; // (a same-tick store is read during validation)
     const keys = [...unknown];
-    const got = await cache.readMany(keys);
+    const got = await cache.readMany(keys, budget);
     keys.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
   }
 
@@ -1078,6 +1087,10 @@ export class RenderSession {
   private async unlockAll(): Promise<void> {
     const held = [...this.locks];
     this.locks.clear();
+    await RenderSession.unlock(held);
+  }
+
+  private static async unlock(held: readonly [string, { cache: FragmentCache; token: string }][]): Promise<void> {
     await Promise.all(
       held.map(([key, { cache, token }]) =>
         cache.guard.run('unlock', () => cache.store.unlock!(RenderSession.lockKey(key), token)).catch((err) => cache.report(err)),
@@ -1121,22 +1134,36 @@ export class RenderSession {
     if (!this.ownTags(spec).every((k) => tags.includes(k))) return false;
     const missing = tags.filter((k) => !this.versions.has(k));
     if (missing.length) {
-      const got = await spec.cache.readMany(missing);
+      const got = await spec.cache.readMany(missing, this.budget);
       missing.forEach((k, i) => got[i] && this.versions.set(k, got[i]!.body));
     }
     return this.valid(entry, spec.cache);
   }
 
-  /** Stores what this render produced (one batch per store). Never throws: failures are reported. */
+  /**
+   * Stores what this render produced (one batch per store), then releases its locks. Never throws: failures are
+   * reported. Waits for the writes at most what is left of the request's store budget: past it, they finish in
+   * the background (each under the per-call `timeout`) and the render returns without them.
+   */
   async flush(): Promise<void> {
     const pending = [...this.writes];
     this.writes.clear();
-    await Promise.all(
-      pending.map(async ([cache, writes]) => {
-        if (await cache.writeMany(writes)) for (const w of writes) this.stored(cache, String(w.entry.meta?.name ?? ''), w.key);
-      }),
-    );
-    await this.unlockAll();
+    const locks = [...this.locks];
+    this.locks.clear();
+    const work = (async () => {
+      await Promise.all(
+        pending.map(async ([cache, writes]) => {
+          if (await cache.writeMany(writes)) for (const w of writes) this.stored(cache, String(w.entry.meta?.name ?? ''), w.key);
+        }),
+      );
+      await RenderSession.unlock(locks);
+    })();
+    if (!this.budget || (!locks.length && pending.every(([cache]) => cache.store.sync))) await work;
+    else {
+      // (Left to finish alone, a throwing `store` listener must not become an unhandled rejection.)
+      work.catch((err) => process.emitWarning(`fragcache: a store listener threw: ${String((err as Error)?.message ?? err)}`, { code: 'FRAGCACHE_LISTENER' }));
+      await this.budget.awaitWithin(work);
+    }
     this.abandon();
   }
 

@@ -6,6 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import type { StoreBudget } from '../budget';
 import { FragmentCache } from '../cache';
 import { fence } from '../fencing';
 import { tagKeysOf, tagPairs, type Entry } from '../entry';
@@ -159,28 +160,28 @@ export class PageCache {
    * as `bad`, with why: the caller treats it as a miss and reports it. A miss for a URL whose `Vary` list is
    * known says which page key missed (`missed`).
    */
-  async lookup(r: PageRequest, check = false): Promise<{ entry: PageEntry } | { bad: string; key: string } | { missed: string } | undefined> {
+  async lookup(r: PageRequest, check = false, budget?: StoreBudget): Promise<{ entry: PageEntry } | { bad: string; key: string } | { missed: string } | undefined> {
     const headKey = this.headerKey(r);
-    const head = await this.read(headKey);
+    const head = await this.read(headKey, budget);
     if (!head) return undefined;
     const badH = check ? badHead(head) : Array.isArray(head.meta?.vary) ? undefined : 'no Vary list';
     if (badH) return { bad: badH, key: headKey };
     const key = this.pageKey(r, head.meta!.vary as string[]);
-    const entry = await this.read(key);
+    const entry = await this.read(key, budget);
     if (!entry || !entry.meta) return { missed: key };
     const bad = check ? badPage(entry) : undefined;
     if (bad) return { bad, key };
-    if (entry.tags && !(await this.tagsValid(entry))) return { missed: key };
+    if (entry.tags && !(await this.tagsValid(entry, budget))) return { missed: key };
     return { entry: entry as PageEntry };
   }
 
-  private async read(key: string): Promise<Entry | undefined> {
+  private async read(key: string, budget?: StoreBudget): Promise<Entry | undefined> {
     const sync = this.cache.store.sync;
-    const e = sync ? sync.get(key) : (await this.cache.readMany([key]))[0];
+    const e = sync ? sync.get(key) : (await this.cache.readMany([key], budget))[0];
     return e && (e.expires === null || e.expires > Date.now()) ? e : undefined;
   }
 
-  private async tagsValid(entry: Entry): Promise<boolean> {
+  private async tagsValid(entry: Entry, budget?: StoreBudget): Promise<boolean> {
     const sync = this.cache.store.sync;
     const gen = sync?.generation?.();
     // Memory store: nothing about tags changed since this entry was last checked.
@@ -188,7 +189,7 @@ export class PageCache {
     let found: Map<string, Entry>;
     try {
       // Read only: a missing record means "invalid", and a look-up never writes one.
-      found = await this.readTags(tagKeysOf(entry));
+      found = await this.readTags(tagKeysOf(entry), budget);
     } catch (err) {
       this.cache.report(err);
       return false;
@@ -202,11 +203,11 @@ export class PageCache {
    * The live tag version records among `tagKeys` (an expired or missing one is absent). Never writes;
    * rejects when the store fails.
    */
-  async readTags(tagKeys: readonly string[]): Promise<Map<string, Entry>> {
+  async readTags(tagKeys: readonly string[], budget?: StoreBudget): Promise<Map<string, Entry>> {
     const out = new Map<string, Entry>();
     if (!tagKeys.length) return out;
     const sync = this.cache.store.sync;
-    const found = sync ? tagKeys.map((k) => sync.get(k)) : await this.cache.guard.run('getMany', () => this.cache.store.getMany(tagKeys));
+    const found = sync ? tagKeys.map((k) => sync.get(k)) : await this.cache.guard.run('getMany', () => this.cache.store.getMany(tagKeys), undefined, budget);
     const now = Date.now();
     tagKeys.forEach((k, i) => {
       const e = found[i];
@@ -234,11 +235,11 @@ export class PageCache {
    * the missing ones created, as for fragments (a fragment of the page may carry the same tag). Rejects when
    * the store fails.
    */
-  async startTags(url: string, tags: unknown, where: string, ttlMs: number | null = null, since?: number): Promise<PageTags> {
+  async startTags(url: string, tags: unknown, where: string, ttlMs: number | null = null, since?: number, budget?: StoreBudget): Promise<PageTags> {
     // The request's start when known (earlier middleware may have loaded data before this runs).
     const started = since !== undefined && since <= Date.now() ? since : Date.now();
     const { urls: urlKeys, user: userKeys } = this.tagKeys(url, tags, where);
-    const found = await this.readTags([...urlKeys, ...userKeys]);
+    const found = await this.readTags([...urlKeys, ...userKeys], budget);
     const versions = new Map<string, string>();
     const missing: string[] = [];
     for (const k of userKeys) {
@@ -246,7 +247,7 @@ export class PageCache {
       if (e) versions.set(k, e.body);
       else missing.push(k);
     }
-    if (missing.length) for (const [k, v] of await this.cache.tagVersions(missing, ttlMs)) versions.set(k, v);
+    if (missing.length) for (const [k, v] of await this.cache.tagVersions(missing, ttlMs, budget)) versions.set(k, v);
     return { started, urls: urlKeys.map((key) => ({ key, entry: found.get(key) })), versions };
   }
 

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Request } from 'express';
+import { STORE_BUDGET, StoreBudget } from '../budget';
 import { FragmentCache } from '../cache';
 import { parseTtl, type Ttl } from '../duration';
 import type { Engine } from '../engine';
@@ -21,6 +22,19 @@ import { ENGINE_SETTING, REQUEST_START } from './view';
 function requestStart(res: ServerResponse): number | undefined {
   const t = (res as { locals?: Record<symbol, unknown> }).locals?.[REQUEST_START];
   return typeof t === 'number' ? t : undefined;
+}
+
+/**
+ * The request's store budget (`requestBudget`): the one on `res.locals` when an earlier page middleware made it,
+ * else a new one put there, so that the page look-up, the lock, the tags and the render share it.
+ */
+function storeBudget(res: ServerResponse, ms: number): StoreBudget {
+  const locals = (res as { locals?: Record<symbol, unknown> }).locals;
+  const b = locals?.[STORE_BUDGET];
+  if (b instanceof StoreBudget) return b;
+  const made = new StoreBudget(ms);
+  if (locals) locals[STORE_BUDGET] = made;
+  return made;
 }
 
 /** The request as the middleware reads it (an Express request). */
@@ -541,8 +555,10 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
     const shared = !pages.cache.store.sync;
     /** The page key that missed, when the URL's Vary list is known (requests for other variants do not wait). */
     let missed: string | undefined;
-    const hitOf = async (): Promise<PageEntry | undefined> => {
-      const r = await pages.lookup(request, shared);
+    const budget = storeBudget(res, pages.cache.guard.requestBudget);
+    /** The page, if stored and valid. `polling`: a poll for another process's page, not charged to the budget. */
+    const hitOf = async (polling = false): Promise<PageEntry | undefined> => {
+      const r = await pages.lookup(request, shared, polling ? undefined : budget);
       if (r && 'bad' in r) {
         rejectBad(pages, r.key, r.bad);
         return undefined;
@@ -559,7 +575,8 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
       if (!inProcess) flights.set(pages, (inProcess = new Map()));
       const flightKey = missed ?? `${pages.headerKey(request)}/${request.extra ?? ''}`;
       const running = inProcess.get(flightKey);
-      if (running) {
+      // (A request that has spent its store budget could not read the page it waited for: it renders now.)
+      if (running && !budget.spentOut) {
         await Promise.race([running.done, new Promise((r) => setTimeout(r, waitMs).unref())]);
         hit = await hitOf();
         if (hit) return serveHit(req, res, hit);
@@ -575,18 +592,19 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
         let token: string | undefined;
         let failed = false;
         try {
-          token = await pages.cache.guard.run('lock', () => pages.cache.store.lock!(lockKey, waitMs));
+          token = await pages.cache.guard.run('lock', () => pages.cache.store.lock!(lockKey, waitMs), undefined, budget);
         } catch (err) {
           failed = true; // store down or slow: render now, never wait on it
           pages.cache.report(err);
         }
         if (token) unlock = () => void pages.cache.guard.run('unlock', () => pages.cache.store.unlock!(lockKey, token)).catch(() => undefined);
         else if (!failed) {
-          // Another process renders it: wait for its page, bounded, then render here.
+          // Another process renders it: wait for its page, bounded by `waitMs` (not by the store budget, which
+          // cheap polls would use up while a slow page renders: every waiter would then render it), then render here.
           const until = Date.now() + waitMs;
           while (Date.now() < until) {
             await new Promise((r) => setTimeout(r, 50));
-            hit = await hitOf();
+            hit = await hitOf(true);
             if (hit) {
               inProcess.delete(flightKey);
               release();
@@ -615,7 +633,7 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
       try {
         // Read before the route runs: an invalidation during the render then makes this entry stale at once.
         // The URL tags are only read (written when, if, the page is stored); tag records created here expire.
-        tags = await pages.startTags(request.url, userTags, 'tags', 2 * ttlMs, requestStart(res));
+        tags = await pages.startTags(request.url, userTags, 'tags', 2 * ttlMs, requestStart(res), budget);
       } catch (err) {
         done();
         pages.cache.report(err); // store down: serve uncached

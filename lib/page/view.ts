@@ -5,6 +5,7 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { STORE_BUDGET } from '../budget';
 import type { Engine } from '../engine';
 import { OptionError } from '../errors';
 
@@ -88,7 +89,9 @@ export function useEngine(engine: Engine, app: ExpressAppLike, options: ExpressV
       // Template errors become `next(err)` in Express. A callback that throws is handled by the guard around
       // `res.render` (next(err)); only a direct `app.render` callback can get here, with no request to answer.
       const start = (locals as Record<symbol, unknown>)[REQUEST_START];
-      engine.render(this.template, locals, { since: typeof start === 'number' ? start : undefined }).then(
+      // (With the request's store budget, when the page cache made one: the page's look-up and this render share it.)
+      const options = { since: typeof start === 'number' ? start : undefined, [STORE_BUDGET]: (locals as Record<symbol, unknown>)[STORE_BUDGET] };
+      engine.render(this.template, locals, options).then(
         (html) => once(null, html),
         (err) => once(err),
       ).catch((err) => process.emitWarning(`fragcache: the render callback threw: ${String((err as Error)?.message ?? err)}`, { code: 'FRAGCACHE_VIEW' }));
