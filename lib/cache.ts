@@ -40,6 +40,12 @@ export interface CacheOptions {
   errorInterval?: number;
   /** Where events go (default: this cache). The engine passes itself, so `engine.on(…)` sees every store's events. */
   events?: EventEmitter<CacheEvents>;
+  /**
+   * Pages stored through this cache whose request start is not known in the store's clock: how long output of a
+   * tag invalidated (or created) just before may live, ms (default 1000; the engine passes its own
+   * `unknownSinceWindow`).
+   */
+  unknownSinceWindow?: number;
 }
 
 /** Counters returned by {@link FragmentCache.stats}. */
@@ -125,6 +131,9 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
   /** @internal Offset to the store's clock, in which invalidation times are stamped (see `fencing.ts`). */
   readonly clock: StoreClock;
 
+  /** See {@link CacheOptions.unknownSinceWindow}. */
+  readonly unknownSinceWindow: number;
+
   constructor(store: Store, options: CacheOptions = {}) {
     super();
     this.store = store;
@@ -140,6 +149,7 @@ export class FragmentCache extends EventEmitter<CacheEvents> {
     this.guard = new StoreGuard(store, options.guard);
     store.reportTo?.((err) => this.report(err));
     this.errorInterval = options.errorInterval ?? 10_000;
+    this.unknownSinceWindow = options.unknownSinceWindow ?? 1000;
     this.events = options.events ?? this;
     this.clock = new StoreClock(store.time ? () => store.time!() : undefined);
   }

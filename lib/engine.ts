@@ -294,7 +294,13 @@ export class Engine extends EventEmitter<EngineEvents> {
       // Two aliases given the same instance share one cache (and one circuit breaker).
       const existing = spec !== undefined && typeof spec === 'object' ? byStore.get(spec) : undefined;
       const cache =
-        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), { prefix: options.prefix, version: options.version, guard, events: this as unknown as EventEmitter<CacheEvents> });
+        existing ?? new FragmentCache(createStore(spec, {}, alias === 'default' ? 'store' : `stores.${alias}`), {
+          prefix: options.prefix,
+          version: options.version,
+          guard,
+          events: this as unknown as EventEmitter<CacheEvents>,
+          unknownSinceWindow: options.unknownSinceWindow,
+        });
       if (spec !== undefined && typeof spec === 'object') byStore.set(spec, cache);
       caches.set(alias, cache);
     };

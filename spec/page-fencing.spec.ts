@@ -9,8 +9,10 @@ import type http from 'node:http';
 import path from 'node:path';
 import express from 'express';
 import request from 'supertest';
-import { createStore, FragmentCache } from '../lib';
+import { createEngine, createStore, FragmentCache } from '../lib';
 import { cachePage } from '../lib/express';
+import { asyncStore, serve } from './support/http';
+import { views } from './support/views';
 import { describeWith, need, redis as redisAvailability, uniquePrefix, type TestServer } from './support/servers';
 
 const DIST = path.resolve(__dirname, '..', 'dist', 'index.js');
@@ -76,4 +78,29 @@ describeWith(need(redisAvailability), 'late page tags across hosts with skewed c
     const second = await request(server).get(path);
     expect(second.headers['x-cache']).toBe('MISS'); // not the page built from data older than the edit
   }, 40_000);
+});
+
+describe('pages whose start is not known in the store\'s clock', () => {
+  it.each([
+    ['the default 1000 ms', undefined, 'MISS'],
+    ['60000 ms', 60_000, 'HIT'],
+  ])('follow the engine\'s unknownSinceWindow (%s): a page of a just-invalidated tag lives at most that long', async (_what, window, second) => {
+    // A store that never tells its time: the offset stays unknown, so every invalidated tag caps a page's life
+    // at the invalidation plus the window (and a page that would live under a second is not stored at all).
+    const store = { ...asyncStore(), time: () => new Promise<number>(() => undefined) };
+    const engine = createEngine({ views: views({ 'p.njk': 'page {{ v }}' }), store, unknownSinceWindow: window });
+    const app = express();
+    engine.express(app);
+    let v = 0;
+    app.get('/p', cachePage(300, { tags: ['news'] }), (req, res) => res.render('p', { v: ++v }));
+    const s = await serve(app);
+    await engine.invalidateTag('news');
+    // Stored or fenced, the page says which once it is done (the store runs after the response).
+    const outcome = new Promise((r) => (engine.once('store', () => r('HIT')), engine.once('fenced', () => r('MISS'))));
+    expect((await request(s).get('/p')).text).toBe('page 1');
+    expect(await outcome).toBe(second);
+    const r = await request(s).get('/p');
+    expect([r.headers['x-cache'], r.text]).toEqual([second, second === 'HIT' ? 'page 1' : 'page 2']);
+    await engine.close();
+  });
 });

@@ -75,9 +75,6 @@ export function routePath(url: string): string {
   return path.toLowerCase().replace(/\/+$/, '') || '/';
 }
 
-/** When the offset to the store's clock is not known yet: how long a page of a just-invalidated tag may live. */
-const UNKNOWN_SINCE_WINDOW_MS = 1000;
-
 /** How long an `invalidatePage` record lives: longer than any render that may have started before it. */
 export const INVALIDATION_TTL_MS = 24 * 60 * 60 * 1000;
 
@@ -276,11 +273,13 @@ export class PageCache {
     // Compared in the store's clock through the invalidation time each version carries, never host clocks.
     if (versions.size) {
       await this.cache.clock.ready(this.cache.guard.timeout);
-      const f = fence(tagPairs(versions), t.started, t.started, this.cache.clock, UNKNOWN_SINCE_WINDOW_MS);
-      if (!f.store) return false;
-      if (f.expiresBy !== undefined) {
-        ttlMs = Math.min(ttlMs, f.expiresBy - Date.now());
-        if (ttlMs < 1000) return false;
+      const f = fence(tagPairs(versions), t.started, t.started, this.cache.clock, this.cache.unknownSinceWindow);
+      if (f.store && f.expiresBy !== undefined) ttlMs = Math.min(ttlMs, f.expiresBy - Date.now());
+      if (!f.store || ttlMs < 1000) {
+        // Served, not stored (as a fencing fragment): counted and reported like one, under the page's URL.
+        this.cache.count('', 'fenced');
+        if (this.cache.events.listenerCount('fenced')) this.cache.events.emit('fenced', { name: r.url, key: this.headerKey(r) });
+        return false;
       }
     }
     const recordTtl = 2 * ttlMs;
