@@ -401,7 +401,21 @@ export class Engine extends EventEmitter<EngineEvents> {
   private async run(load: () => nunjucks.Template, context: object, trace: boolean, annotate = false, since?: number, budget?: StoreBudget): Promise<Explained> {
     const tmpl = load();
     budget ??= new StoreBudget(this.cache.guard.requestBudget);
-    const session = new RenderSession(this.resolve, { trace, annotate, waitMs: this.waitTimeout, verify: this.verify, ...this.lock, since, fencing: !this.unfenced, budget });
+    const session = new RenderSession(this.resolve, {
+      trace,
+      annotate,
+      waitMs: this.waitTimeout,
+      verify: this.verify,
+      ...this.lock,
+      since,
+      fencing: !this.unfenced,
+      budget,
+      // (Blocks know their template's full path; warnings name it as the other warnings do.)
+      onWarning: (w) => {
+        const name = w.template === undefined ? undefined : this.relative(w.template);
+        this.warnOnce(name === undefined ? w : { ...w, template: name, message: w.message.replace(w.template!, name) });
+      },
+    });
     try {
       for (let passes = 1; ; passes++) {
         const html = await this.settle(session.pass(() => this.renderPass(tmpl, context)), tmpl);
@@ -463,6 +477,15 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.pending.add(done);
     void done.finally(() => this.pending.delete(done));
   }
+
+  /** {@link warn}, once per message (bounded memory: past 1000 messages, repeats are possible again). */
+  private readonly warnOnce = (w: FragcacheWarning): void => {
+    if (this.warnedMessages.has(w.message)) return;
+    if (this.warnedMessages.size >= 1000) this.warnedMessages.clear();
+    this.warnedMessages.add(w.message);
+    this.warn(w);
+  };
+  private readonly warnedMessages = new Set<string>();
 
   /** Emits a warning, or hands it to `process.emitWarning` when nobody listens. */
   private warn(w: FragcacheWarning): void {

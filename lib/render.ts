@@ -20,6 +20,7 @@ import { AsyncTemplateError, FragmentArgumentError, KeyError, describe } from '.
 import { fence } from './fencing';
 import { keyFromParts, namePart, userTag, variantTagFromParts, varyPart } from './keys';
 import type { StoreWrite } from './store';
+import type { FragcacheWarning } from './warnings';
 
 /** What the parser knows about one `cache` block. */
 export interface Block {
@@ -309,6 +310,9 @@ export class RenderSession {
   /** False only in the specs that prove the fencing is what keeps old output out. */
   private readonly fencing: boolean;
 
+  /** Where warnings about the templates go (a fragment that is never stored, and why). */
+  private readonly onWarning: ((w: FragcacheWarning) => void) | undefined;
+
   /** The request's store-time budget (`requestBudget`), shared with the page cache around it; none: unbounded. */
   private readonly budget: StoreBudget | undefined;
 
@@ -325,6 +329,7 @@ export class RenderSession {
       unknownSinceWindow?: number;
       fencing?: boolean;
       budget?: StoreBudget;
+      onWarning?: (w: FragcacheWarning) => void;
       verify?: number;
       redirect?: (cache: FragmentCache) => FragmentCache;
     } = {},
@@ -333,6 +338,7 @@ export class RenderSession {
     this.sinceWindow = options.unknownSinceWindow ?? 1000;
     this.fencing = options.fencing ?? true;
     this.budget = options.budget;
+    this.onWarning = options.onWarning;
     this.waitMs = options.waitMs ?? 5000;
     this.beta = options.earlyRefresh ?? 0;
     this.lockMs = options.lockMs ?? 5000;
@@ -495,7 +501,7 @@ export class RenderSession {
       return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
     }
     // Output of fragments that completed before this body began (`super()`, `caller()`, a `set` capture) may be in it.
-    this.tieEarlier(frame, out);
+    this.tieEarlier(frame, out, block);
     if (!frame.complete) {
       for (const f of this.stack) f.complete = false;
       return new SafeString(this.annotating ? annotate(block.name, 'miss', Date.now(), out) : out);
@@ -629,7 +635,7 @@ export class RenderSession {
    * output occurs in this body's output (as it is, HTML-escaped or trimmed; empty output always) is a dependency. Output that reaches the body transformed otherwise
    * (`| upper`, `| truncate`…) is not recognised: see docs/russian-doll.md.
    */
-  private tieEarlier(frame: Frame, out: string): void {
+  private tieEarlier(frame: Frame, out: string, block: Block): void {
     let tied = 0;
     for (let i = 0; i < frame.mark; i++) {
       const d = this.done[i];
@@ -639,10 +645,12 @@ export class RenderSession {
       if (!empty && !mayContain(out, f)) continue;
       if (!empty && ++tied > MAX_TIED) {
         frame.noStore = true; // bounded work and entry size: rendered every time rather than tied to hundreds
+        this.notStored(block, `its output holds the output of more than ${MAX_TIED} fragments that completed before it began (in a capture, a macro or caller() result, super()), and is not tied to that many: render those inside it, or cache them without this one around them`);
         return;
       }
       if (d.cache !== frame.cache) {
         frame.noStore = true;
+        this.notStored(block, 'its output holds the output of a fragment from another store (using=), that completed before it began: an invalidation there could not reach this entry');
         continue;
       }
       if (d.noStore) frame.noStore = true;
@@ -960,6 +968,12 @@ export class RenderSession {
       if (mine.length) await this.lockMisses(mine);
       return;
     }
+  }
+
+  /** Warns that a fragment is rendered every time and never stored, and why (the engine says it once). */
+  private notStored(block: Block, why: string): void {
+    const where = `${block.template ?? '(template)'}:${block.line}:${block.column}`;
+    this.onWarning?.({ kind: 'not-stored', message: `${where}: fragment "${block.name}" is rendered every time, never stored: ${why}.`, fragment: block.name, template: block.template, line: block.line, column: block.column });
   }
 
   /** Store key of the cross-process lock of a fragment. */

@@ -11,9 +11,10 @@ export interface FragcacheWarning {
    * `dynamic-dependency`: an include/import whose name is an expression, so the digest cannot cover it;
    * `leak`: a cache body reads a variable no vary expression mentions; `secret`: a cache body emits what looks
    * like a per-request secret; `verify`: a sampled hit differs from a fresh render of the same fragment;
-   * `syntax`: a template has Nunjucks' own `{% %}` tags under the angle syntax, where they are output as text.
+   * `syntax`: a template has Nunjucks' own `{% %}` tags under the angle syntax, where they are output as text;
+   * `not-stored`: a fragment is rendered every time and never stored (the message says why).
    */
-  kind: 'dynamic-dependency' | 'leak' | 'secret' | 'verify' | 'syntax';
+  kind: 'dynamic-dependency' | 'leak' | 'secret' | 'verify' | 'syntax' | 'not-stored';
   message: string;
   /** Fragment name. */
   fragment?: string;

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createEngine, type Engine } from '../lib';
+import { createEngine, MemoryStore, type Engine, type FragcacheWarning } from '../lib';
 import type { RedisStore } from '../lib/stores/redis';
 import { describeWith, need, redis, uniquePrefix, until, type TestServer } from './support/servers';
 import { views } from './support/views';
@@ -154,12 +154,31 @@ for (const kind of ['memory', 'sqlite', 'redis'] as const) {
   });
 }
 
+describe('a fragment that can never be stored says so', () => {
+  test('output of a fragment from another store, computed before the body (a capture): rendered every time, one warning', async () => {
+    const e = createEngine({
+      views: views({ 'p.njk': '<% set x %><% cache 60 "a" using="other" %>A{{ n }}<% endcache %><% endset %>\n  <% cache 60 "outer" %>[{{ x }}]<% endcache %>' }),
+      stores: { other: new MemoryStore() },
+    });
+    engines.push(e);
+    const warnings: FragcacheWarning[] = [];
+    e.on('warning', (w) => warnings.push(w));
+    expect(await e.render('p.njk', { n: 1 })).toBe('\n  [A1]');
+    expect(await e.render('p.njk', { n: 2 })).toBe('\n  [A1]'); // "a" is cached in its store; "outer" renders again
+    expect(e.stats().fragments.outer).toMatchObject({ stores: 0, misses: 2 });
+    expect(warnings).toEqual([expect.objectContaining({ kind: 'not-stored', fragment: 'outer', template: 'p.njk', line: 2, column: 6 })]);
+    expect(warnings[0].message).toMatch(/^p\.njk:2:6: fragment "outer" is rendered every time, never stored: .*another store/);
+  });
+});
+
 describe('tying earlier output stays bounded', () => {
   test('fragments printed in place in a loop do not depend on each other; identical outputs kept in values stop at 256 ties (rendered, not stored)', async () => {
     const e = await engineFor('memory', {
       'list.njk': '<% cache 60 page %><% for i in range(500) %><% cache 60 item i tags=["item:" ~ i] %>.<% endcache %><% endfor %><% endcache %>',
       'macro.njk': '<% macro m(i) %><% cache 60 c i %>.<% endcache %><% endmacro %><% for i in range(400) %>{{ m(i) }}<% cache 60 d i %>.<% endcache %><% endfor %>',
     });
+    const warnings: FragcacheWarning[] = [];
+    e.on('warning', (w) => warnings.push(w));
     const started = performance.now();
     expect(await e.render('list.njk')).toBe('.'.repeat(500));
     const explained = await e.explain('list.njk');
@@ -174,6 +193,14 @@ describe('tying earlier output stays bounded', () => {
     const stores = e.cache.stats().fragments.d.stores;
     expect(stores).toBeGreaterThanOrEqual(250);
     expect(stores).toBeLessThanOrEqual(260);
+    // Past the cap a fragment is never stored: said once per fragment (by position), not silently. (c(i) is tied to
+    // the c(j < i) kept in macro values before it as well.)
+    const notStored = warnings.filter((w) => w.kind === 'not-stored');
+    expect(notStored.map((w) => w.fragment).sort()).toEqual(['c', 'd']);
+    for (const w of notStored) {
+      expect(w).toMatchObject({ template: 'macro.njk', line: 1 });
+      expect(w.message).toMatch(new RegExp(`^macro\\.njk:1:${w.column}: fragment "${w.fragment}" is rendered every time, never stored: .*more than 256 fragments`));
+    }
     // Far from the seconds a quadratic tie would take (2000 items took 117 s); generous for a loaded machine.
     expect(performance.now() - started).toBeLessThan(15_000);
   });
