@@ -7,20 +7,21 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Mode, Setup } from './fleet-worker';
 
-let bundled: string | undefined;
+const bundled = new Map<string, string>();
 
 /**
- * The worker and the library sources it imports, bundled once into one plain script (esbuild, which tsx
- * brings): a worker then starts in a fraction of the time tsx takes to compile the sources in each process.
- * Packages stay external and resolve from the project's node_modules.
+ * A worker (`fleet-worker.ts` unless named) and the library sources it imports, bundled once into one plain script
+ * (esbuild, which tsx brings): a worker then starts in a fraction of the time tsx takes to compile the sources in
+ * each process. Packages stay external and resolve from the project's node_modules. Fork it with IPC.
  */
-function workerScript(): string {
-  if (bundled) return bundled;
+export function workerScript(entry = 'fleet-worker.ts'): string {
+  const done = bundled.get(entry);
+  if (done) return done;
   const root = path.resolve(__dirname, '..', '..');
-  const out = path.join(root, 'node_modules', '.cache', 'fragcache-fleet', `worker-${process.pid}.js`);
+  const out = path.join(root, 'node_modules', '.cache', 'fragcache-fleet', `${path.basename(entry, '.ts')}-${process.pid}.js`);
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   (require('esbuild') as typeof import('esbuild')).buildSync({
-    entryPoints: [path.join(__dirname, 'fleet-worker.ts')],
+    entryPoints: [path.join(__dirname, entry)],
     bundle: true,
     platform: 'node',
     target: 'node20',
@@ -30,7 +31,8 @@ function workerScript(): string {
     logLevel: 'error',
   });
   process.once('exit', () => rmSync(out, { force: true }));
-  return (bundled = out);
+  bundled.set(entry, out);
+  return out;
 }
 
 interface Worker {
