@@ -582,16 +582,25 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
         }
         if (token) unlock = () => void pages.cache.guard.run('unlock', () => pages.cache.store.unlock!(lockKey, token)).catch(() => undefined);
         else if (!failed) {
-          // Another process renders it: wait for its page, bounded, then render here.
+          // Another process renders it: wait for its page, bounded, then render here. Poll its lock and the page
+          // together, with a short backoff (a page is usually produced in a few ms); the lock is asked first, so a
+          // lock found gone usually means its page, if stored, is there to read.
+          const store = pages.cache.store;
           const until = Date.now() + waitMs;
-          while (Date.now() < until) {
-            await new Promise((r) => setTimeout(r, 50));
-            hit = await hitOf();
-            if (hit) {
+          let delay = 1;
+          while (Date.now() < until && !pages.cache.guard.isOpen) {
+            await new Promise((r) => setTimeout(r, delay));
+            delay = Math.min(delay * 1.5, 20);
+            const held = store.locked ? pages.cache.guard.run('locked', () => store.locked!([lockKey])).catch((err) => void pages.cache.report(err)) : undefined;
+            const [locked, found] = await Promise.all([held, hitOf()]);
+            if (found) {
               inProcess.delete(flightKey);
               release();
-              return serveHit(req, res, hit);
+              return serveHit(req, res, found);
             }
+            // Released without a usable page (not stored, fenced, or invalidated meanwhile): render it here now,
+            // rather than poll until `waitMs` for a page that is not coming.
+            if (locked && !locked[0]) break;
           }
         }
       }
