@@ -71,7 +71,7 @@ export interface PageCacheOptions {
   /**
    * Longest wait, in ms, of a request that misses while the same page is being produced (by this process, or
    * by another one on a shared store with locks): it then looks again, and produces the page itself if it is
-   * still missing. Default 5000.
+   * still missing (at once when the other producer lets go without storing it). Default 5000.
    */
   waitMs?: number;
 }
