@@ -4,12 +4,16 @@
  *
  * 1. Linearizable invalidation: 3 render processes and 1 writer on one Redis, for `seconds`; modes: since
  *    known, since known with the L1, since unknown (window 1000 ms), and fencing off (for contrast).
- * 2. Fleet stampede: 4 processes × 25 concurrent renders of a cold page, 10 rounds.
- * 3. Lock waiters: 5 processes render one cold nested page at once, 10 rounds: extra wait over the winner.
+ * 2. Linearizable page invalidation: 4 processes serving a page over HTTP (Express, page cache on Redis) and
+ *    1 writer, for `seconds` more; modes: data loaded in the route or before the page cache, each without and
+ *    with the L1, and a writer that never invalidates (for contrast). Invalidations by page URL (two
+ *    spellings) or by the page's tag.
+ * 3. Fleet stampede: 4 processes × 25 concurrent renders of a cold page, 10 rounds.
+ * 4. Lock waiters: 5 processes render one cold nested page at once, 10 rounds: extra wait over the winner.
  *
  * Uses REDIS_URL when set (only its own key prefixes are touched), else a private redis-server on a free port.
  */
-import { modes, percentile, runFleet, verdict, type RenderResult, type WriteResult } from '../spec/support/fleet';
+import { modes, pageModes, pageVerdicts, percentile, runFleet, verdict, type RenderResult, type ServeResult, type WriteResult } from '../spec/support/fleet';
 import { redis } from '../spec/support/servers';
 
 const seconds = Number(process.argv[2] ?? 100);
@@ -42,6 +46,34 @@ async function main(): Promise<void> {
       console.log(
         `  ${name}: ${v.invalidations} invalidations, ${v.renders} renders, ${v.fenced} fenced, ${v.stale} stale renders` +
           ` (lag ${fmt(v.lags)}), ${v.beyond} beyond the window` +
+          (v.delivery.length ? `; L1 message delivery after the invalidation resolved: ${fmt(v.delivery)}` : ''),
+      );
+    }
+
+    console.log(`page linearizability: 4 processes serving over HTTP + 1 writer, ${seconds} s…`);
+    const P = pageModes('psoak', [20, 60]);
+    const pageResults = await runFleet([
+      ...[1, 2, 3, 4].map(() => ({ type: 'setup' as const, role: 'serve' as const, url: server.url, modes: Object.values(P), ms })),
+      { type: 'setup', role: 'write', url: server.url, modes: Object.values(P), ms },
+    ]);
+    const pageWriter = pageResults[4] as WriteResult;
+    const servers = pageResults.slice(0, 4) as ServeResult[];
+    const pv = pageVerdicts(P, pageWriter, servers);
+    const names: Record<keyof typeof P, string> = {
+      route: 'data loaded in the route',
+      early: 'data loaded before the page cache',
+      routeL1: 'data loaded in the route, L1',
+      earlyL1: 'data loaded before the page cache, L1',
+      none: 'never invalidated (contrast)',
+    };
+    for (const k of Object.keys(P) as (keyof typeof P)[]) {
+      const v = pv[k];
+      const kinds: Record<string, number> = {};
+      for (const [, , , kind] of pageWriter.invalidations[P[k].prefix] ?? []) kinds[kind] = (kinds[kind] ?? 0) + 1;
+      const latency = servers.flatMap((s) => (s.renders[P[k].prefix] ?? []).map(([start, , end]) => end! - start));
+      console.log(
+        `  ${names[k]}: ${v.invalidations} invalidations (${Object.entries(kinds).map(([kind, n]) => `${kind} ${n}`).join(', ')}), ${v.renders} responses (${v.hits} hits,` +
+          ` latency ${fmt(latency)}), ${v.fenced} fenced, ${v.stale} stale (lag ${fmt(v.lags)}), ${v.beyond} beyond the window` +
           (v.delivery.length ? `; L1 message delivery after the invalidation resolved: ${fmt(v.delivery)}` : ''),
       );
     }

@@ -1,10 +1,11 @@
 /**
- * Guarantees about a fleet, proven with separate processes at the same time on one real Redis (issue 13,
- * "Real processes, at the same time"; issue 10 items 4 and 6). The longer runs are `npm run soak:fleet`.
+ * Guarantees about a fleet (fragments, and whole pages over HTTP), proven with separate processes at the same
+ * time on one real Redis (issue 13, "Real processes, at the same time"; issue 10 items 4 and 6). The longer
+ * runs are `npm run soak:fleet`.
  */
 import { createEngine, type Engine } from '../lib';
 import type { RedisStore } from '../lib/stores/redis';
-import { modes, percentile, runFleet, verdict, type RenderResult, type WriteResult } from './support/fleet';
+import { modes, pageModes, pageVerdicts, percentile, runFleet, verdict, type RenderResult, type ServeResult, type WriteResult } from './support/fleet';
 import { describeWith, need, redis, uniquePrefix, until, type TestServer } from './support/servers';
 
 describeWith(need(redis), 'Fleet: separate processes on one Redis', () => {
@@ -49,6 +50,33 @@ describeWith(need(redis), 'Fleet: separate processes on one Redis', () => {
     // Since unknown: none later than the window.
     expect({ beyond: unknown.beyond, summary }).toEqual({ beyond: 0, summary });
     expect(known.fenced).toBeGreaterThan(0); // the mechanism did the work
+  }, 60_000);
+
+  it('invalidation of whole pages is linearizable: 4 processes serve a page over HTTP at full speed; no response that starts after an invalidation (by page URL or tag) resolved shows older data', async () => {
+    // An invalidation every 20-60 ms per mode, four modes: ~300 in the 4 s (as the fragment modes above).
+    const M = pageModes('plin', [20, 60]);
+    const all = Object.values(M);
+    const ms = 4000;
+    const results = await runFleet([
+      ...[1, 2, 3, 4].map(() => ({ type: 'setup' as const, role: 'serve' as const, url: server.url, modes: all, ms })),
+      { type: 'setup', role: 'write', url: server.url, modes: all, ms },
+    ]);
+    const v = pageVerdicts(M, results[4] as WriteResult, results.slice(0, 4) as ServeResult[]);
+    // The summary rides along so that a failure shows the whole run (lags and deliveries as p50, p99, max).
+    const three = (xs: number[]) => (xs.length ? [percentile(xs, 50), percentile(xs, 99), Math.max(...xs)] : []);
+    const run = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, { ...x, lags: three(x.lags), delivery: three(x.delivery) }]));
+    const checked = [v.route, v.early, v.routeL1, v.earlyL1];
+    // Enough happened for the check to mean something (modest counts: the machine may be loaded)…
+    expect({ ok: checked.every((x) => x.invalidations > 20 && x.renders > 60), run }).toEqual({ ok: true, run });
+    // …and pages were served from the cache.
+    expect({ hits: checked.some((x) => x.hits > 0), run }).toEqual({ hits: true, run });
+    // The same harness with an app that never invalidates finds old pages: the check can fail.
+    expect(v.none.stale).toBeGreaterThan(0);
+    // Without the L1: none. With it: none later than the invalidation message's arrival in the serving process.
+    expect({ stale: [v.route.stale, v.early.stale], run }).toEqual({ stale: [0, 0], run });
+    expect({ beyond: [v.routeL1.beyond, v.earlyL1.beyond], run }).toEqual({ beyond: [0, 0], run });
+    expect(v.routeL1.delivery.length && v.earlyL1.delivery.length).toBeGreaterThan(0);
+    expect(v.early.fenced + v.earlyL1.fenced).toBeGreaterThan(0); // the mechanism did the work
   }, 60_000);
 
   it('stampede across a fleet: 4 processes × 25 concurrent renders of one cold page run each fragment body once in total', async () => {

@@ -13,7 +13,7 @@ import request from 'supertest';
 import { createEngine, type Engine } from '../lib';
 import { cachePage } from '../lib/express';
 import { startWorkers } from './support/leak-load';
-import { describeWith, need, privateRedis, redis as redisAvailability, type TestServer } from './support/servers';
+import { describeWith, need, privateRedis, redis as redisAvailability, until, type TestServer } from './support/servers';
 
 describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => {
   let redis: TestServer;
@@ -141,6 +141,40 @@ describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => 
     agent.destroy();
     expect(all.map((r) => r.text)).toEqual(Array(50).fill('cold page'));
     expect(runs).toBe(1);
+  });
+
+  it('a request waiting for another instance’s lock renders as soon as that instance lets go without storing (was: the whole waitMs)', async () => {
+    const prefix = `pw${process.pid}`;
+    let runs = 0;
+    const instances: http.Server[] = [];
+    let stored!: Promise<unknown>;
+    for (let i = 0; i < 2; i++) {
+      const engine = createEngine({ store: redis.url, prefix });
+      engines.push(engine);
+      if (i === 1) stored = new Promise((resolve) => engine.once('store', resolve));
+      const app = express();
+      engine.express(app);
+      app.get('/p', cachePage(60), async (req, res) => {
+        const run = ++runs;
+        await new Promise((r) => setTimeout(r, 200));
+        // The first response is not stored (as a page fenced by an invalidation, or refused): the lock goes, no page.
+        if (run === 1) res.set('Cache-Control', 'no-store');
+        res.send(`run ${run}`);
+      });
+      instances.push(await serve(app));
+    }
+    const get = (i: number) => request(instances[i]!).get('/p').set('Host', 'site.example');
+    const owner = get(0).then((r) => r.text);
+    await until('the first instance to hold the page lock', () => runs === 1);
+    const t0 = Date.now();
+    const waiter = await get(1);
+    const waited = Date.now() - t0;
+    expect(await owner).toBe('run 1');
+    // It renders the page itself once the lock is gone (~200 ms), instead of polling for 5 s (waitMs).
+    expect({ text: waiter.text, cache: waiter.headers['x-cache'], fast: waited < 2500, waited }).toEqual({ text: 'run 2', cache: 'MISS', fast: true, waited });
+    // Its page is stored (after the response) and served to both instances.
+    await stored;
+    expect([(await get(0)).text, (await get(1)).text]).toEqual(['run 2', 'run 2']);
   });
 
   it('4 separate processes, 25 concurrent cold requests each, started together: the route runs once in all', async () => {

@@ -1,19 +1,20 @@
 /**
  * Late page tags (`res.locals.cacheTags`) on a shared store are judged by versions that carry the store's own
  * time, never by host clocks: an invalidation made by another process whose clock is a minute behind, while
- * the page is being produced, still keeps the page out of the cache.
+ * the page is being produced, still keeps the page out of the cache. So are the URL records `invalidatePage`
+ * writes, when the page's data was loaded before the cache read them (the fleet version: fleet.spec.ts).
  */
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import type http from 'node:http';
+import http from 'node:http';
 import path from 'node:path';
 import express from 'express';
 import request from 'supertest';
-import { createEngine, createStore, FragmentCache } from '../lib';
-import { cachePage } from '../lib/express';
+import { createEngine, createStore, FragmentCache, type Engine } from '../lib';
+import { cachePage, invalidatePage, pageCache } from '../lib/express';
 import { asyncStore, serve } from './support/http';
 import { views } from './support/views';
-import { describeWith, need, redis as redisAvailability, uniquePrefix, type TestServer } from './support/servers';
+import { describeWith, need, redis as redisAvailability, uniquePrefix, until, type TestServer } from './support/servers';
 
 const DIST = path.resolve(__dirname, '..', 'dist', 'index.js');
 
@@ -102,5 +103,98 @@ describe('pages whose start is not known in the store\'s clock', () => {
     const r = await request(s).get('/p');
     expect([r.headers['x-cache'], r.text]).toEqual([second, second === 'HIT' ? 'page 1' : 'page 2']);
     await engine.close();
+  });
+});
+
+/**
+ * Data a page shows may be loaded before the page cache reads the page's URL record: by a session, an auth layer or
+ * any middleware mounted before `pages.fetch` (or before `cachePage`). An `invalidatePage` in between leaves the
+ * request holding the new version with the old data; the version's time (the store's) keeps that page out.
+ */
+function earlyLoadingApp(engine: Engine) {
+  const data = { v: 1 };
+  const app = express();
+  engine.express(app);
+  const pages = pageCache({ ttl: 60 });
+  app.use(pages.update);
+  app.use(async (req, res, next) => {
+    res.locals.v = data.v; // what the page shows is loaded here, before the cache reads the URL's record…
+    if (req.headers['x-edit']) {
+      data.v++; // …and the data changes and the page is invalidated right after (another request, another process)
+      await invalidatePage('/p', engine);
+    }
+    next();
+  });
+  app.use(pages.fetch);
+  app.get('/p', (req, res) => void res.send(`v${res.locals.v}`));
+  return app;
+}
+
+async function checkEarlyLoading(engine: Engine): Promise<void> {
+  const server = http.createServer(earlyLoadingApp(engine)).listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const get = (edit = false) => {
+    const r = request(server).get('/p').set('Host', 'site.example');
+    return (edit ? r.set('X-Edit', '1') : r).then((res) => [res.text, res.headers['x-cache']]);
+  };
+  try {
+    const stored = new Promise((resolve) => engine.once('store', resolve));
+    expect(await get()).toEqual(['v1', 'MISS']);
+    await stored;
+    expect(await get()).toEqual(['v1', 'HIT']);
+    // What becomes of the next page produced: stored, or fenced.
+    const outcome = new Promise((resolve) => {
+      const on = (what: string) => (e: unknown) => {
+        engine.off('store', onStore).off('fenced', onFenced);
+        resolve([what, e]);
+      };
+      const onStore = on('stored');
+      const onFenced = on('fenced');
+      engine.on('store', onStore).on('fenced', onFenced);
+    });
+    expect(await get(true)).toEqual(['v1', 'MISS']); // shown (its data was loaded before the edit)…
+    expect(await outcome).toEqual(['fenced', { name: '/p', key: expect.any(String) }]); // …not stored
+    expect(engine.stats().fenced).toBe(1);
+    // Every later request shows v2 (was: v1, a HIT, until the next invalidation or the TTL), soon from the cache.
+    // (A request that starts within the clocks' uncertainty after the invalidation is not stored either.)
+    const seen: string[] = [];
+    await until('the new page to be stored', async () => {
+      const [text, cache] = await get();
+      seen.push(text);
+      return cache === 'HIT';
+    });
+    expect([...new Set(seen)]).toEqual(['v2']);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+}
+
+describe('invalidatePage while middleware before the page cache loads the data (memory store)', () => {
+  it('the page whose data predates the invalidation is shown, not stored', async () => {
+    const engine = createEngine({});
+    try {
+      await checkEarlyLoading(engine);
+    } finally {
+      await engine.close();
+    }
+  });
+});
+
+describeWith(need(redisAvailability), 'invalidatePage while middleware before the page cache loads the data (Redis)', () => {
+  let redis: TestServer;
+  beforeAll(async () => {
+    redis = await redisAvailability.get!();
+  });
+  afterAll(async () => {
+    await redis?.stop();
+  });
+
+  it('the page whose data predates the invalidation is shown, not stored', async () => {
+    const engine = createEngine({ store: redis.url, prefix: uniquePrefix('pe'), timeout: 2000 });
+    try {
+      await checkEarlyLoading(engine);
+    } finally {
+      await engine.close();
+    }
   });
 });

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { StoreBudget } from '../budget';
 import { FragmentCache } from '../cache';
-import { fence } from '../fencing';
+import { fence, invalidationVersion } from '../fencing';
 import { tagKeysOf, tagPairs, type Entry } from '../entry';
 import { OptionError } from '../errors';
 import { varyPart } from '../keys';
@@ -271,14 +271,19 @@ export class PageCache {
     // Fencing, as for fragments (lib/fencing.ts): a tag invalidated after the request started (while earlier
     // middleware or the route loaded the data, or for late tags at any time before now) keeps the page out.
     // Compared in the store's clock through the invalidation time each version carries, never host clocks.
-    if (versions.size) {
+    // The URL records count too: an `invalidatePage` after the request started and before their versions were
+    // read (while a session, an auth layer or any middleware mounted before the cache loaded the data) leaves
+    // the new version in hand, and only its time tells that the data predates it.
+    const fenced = new Map(versions);
+    for (const { key, entry: url } of t.urls) if (url) fenced.set(key, url.body);
+    if (fenced.size) {
       await this.cache.clock.ready(this.cache.guard.timeout);
-      const f = fence(tagPairs(versions), t.started, t.started, this.cache.clock, this.cache.unknownSinceWindow);
+      const f = fence(tagPairs(fenced), t.started, t.started, this.cache.clock, this.cache.unknownSinceWindow);
       if (f.store && f.expiresBy !== undefined) ttlMs = Math.min(ttlMs, f.expiresBy - Date.now());
       if (!f.store || ttlMs < 1000) {
         // Served, not stored (as a fencing fragment): counted and reported like one, under the page's URL.
         this.cache.count('', 'fenced');
-        if (this.cache.events.listenerCount('fenced')) this.cache.events.emit('fenced', { name: r.url, key: this.headerKey(r) });
+        if (this.cache.events.listenerCount('fenced')) this.cache.events.emit('fenced', { name: r.url, key: this.pageKey(r, page.meta.vary) });
         return false;
       }
     }
@@ -335,13 +340,16 @@ export class PageCache {
 
   /**
    * Drops every cached variant of a page (any host, any prefix, any Vary values) by writing a new version of
-   * its URL tag. The record lives 24 hours (`INVALIDATION_TTL_MS`) (a page started before it and stored after it
-   * sees it and is not stored); once it is gone, a missing record still invalidates every old entry.
-   * Rejects on store failure.
+   * its URL tag, stamped with an upper bound of the store's time (as `invalidateTag` does): a page whose request
+   * started before it is not stored, even if it read the new version (its data may have been loaded before).
+   * The record lives 24 hours (`INVALIDATION_TTL_MS`); once it is gone, a missing record still invalidates
+   * every old entry. Rejects on store failure.
    */
   async invalidatePage(url: string): Promise<void> {
     const key = this.urlTagKey(url);
-    const record: Entry = { body: newVersion(), created: Date.now(), expires: Date.now() + INVALIDATION_TTL_MS };
+    // As invalidateTag: a process that has not measured the store's clock yet waits for it (at once on the memory store).
+    await this.cache.clock.ready(this.cache.guard.isOpen ? this.cache.guard.timeout : Math.max(this.cache.guard.timeout, 3000));
+    const record: Entry = { body: invalidationVersion(this.cache.clock.upperSync()), created: Date.now(), expires: Date.now() + INVALIDATION_TTL_MS };
     const sync = this.cache.store.sync;
     if (sync) sync.set(key, record, INVALIDATION_TTL_MS);
     else await this.cache.guard.run('setMany', () => this.cache.store.setMany([{ key, entry: record, ttlMs: INVALIDATION_TTL_MS }]));

@@ -85,7 +85,7 @@ export interface PageCacheOptions {
   /**
    * Longest wait, in ms, of a request that misses while the same page is being produced (by this process, or
    * by another one on a shared store with locks): it then looks again, and produces the page itself if it is
-   * still missing. Default 5000.
+   * still missing (at once when the other producer lets go without storing it). Default 5000.
    */
   waitMs?: number;
 }
@@ -601,15 +601,24 @@ function makePages(ttlMs: number, pageTtlWins: boolean, o: PageCacheOptions): Pa
         else if (!failed) {
           // Another process renders it: wait for its page, bounded by `waitMs` (not by the store budget, which
           // cheap polls would use up while a slow page renders: every waiter would then render it), then render here.
+          // Poll its lock and the page together, with a short backoff (a page is usually produced in a few ms); the
+          // lock is asked first, so a lock found gone usually means its page, if stored, is there to read.
+          const store = pages.cache.store;
           const until = Date.now() + waitMs;
-          while (Date.now() < until) {
-            await new Promise((r) => setTimeout(r, 50));
-            hit = await hitOf(true);
-            if (hit) {
+          let delay = 1;
+          while (Date.now() < until && !pages.cache.guard.isOpen) {
+            await new Promise((r) => setTimeout(r, delay));
+            delay = Math.min(delay * 1.5, 20);
+            const held = store.locked ? pages.cache.guard.run('locked', () => store.locked!([lockKey])).catch((err) => void pages.cache.report(err)) : undefined;
+            const [locked, found] = await Promise.all([held, hitOf(true)]);
+            if (found) {
               inProcess.delete(flightKey);
               release();
-              return serveHit(req, res, hit);
+              return serveHit(req, res, found);
             }
+            // Released without a usable page (not stored, fenced, or invalidated meanwhile): render it here now,
+            // rather than poll until `waitMs` for a page that is not coming.
+            if (locked && !locked[0]) break;
           }
         }
       }

@@ -71,9 +71,14 @@ export async function runFleet<T = unknown>(setups: Setup[]): Promise<T[]> {
 }
 
 export interface RenderResult {
-  renders: Record<string, [number, number][]>;
+  /** Per mode: [start, version shown] of each render (page modes: [start, version shown, end] of each response). */
+  renders: Record<string, [number, number, ...number[]][]>;
   arrivals: Record<string, number[]>;
   fenced: Record<string, number>;
+}
+/** What a `serve` worker (page modes) reports: its responses as renders, and how many were page-cache hits. */
+export interface ServeResult extends RenderResult {
+  hits: Record<string, number>;
 }
 export interface WriteResult {
   invalidations: Record<string, [number, number, number, string][]>;
@@ -155,4 +160,33 @@ export function modes(tag: string, windowMs: number, gap: [number, number], slow
     unknown: m('unknown', { since: false, unknownSinceWindow: windowMs, gap: slowGap }),
     unfenced: m('unfenced', { fence: false }),
   };
+}
+
+/**
+ * The page modes of a linearizability run, on fresh prefixes: the data loaded in the route or before the page
+ * cache, each without and with the L1; and a contrast whose writer never invalidates (the check must see it).
+ */
+export function pageModes(tag: string, gap: [number, number], loops = 1): Record<'route' | 'early' | 'routeL1' | 'earlyL1' | 'none', Mode> {
+  const id = `${tag}${Math.random().toString(36).slice(2, 8)}`;
+  const m = (name: string, o: Partial<Mode>): Mode => ({ prefix: `p${id}${name}`, dataKey: `p${id}${name}:data`, l1: false, since: true, fence: true, gap, page: 'route', loops, ...o });
+  return {
+    route: m('route', {}),
+    early: m('early', { page: 'early' }),
+    routeL1: m('routel1', { l1: true }),
+    earlyL1: m('earlyl1', { page: 'early', l1: true }),
+    none: m('none', { invalidate: false, loops: 1, gap: [gap[0] * 4, gap[1] * 4] }),
+  };
+}
+
+/** One page mode's verdict, with the page-cache hits among its responses. */
+export type PageVerdict = Verdict & { hits: number };
+
+/** The verdict of each page mode (with the L1: a stale response counts only after its process got the message). */
+export function pageVerdicts<K extends string>(modes: Record<K, Mode>, writer: WriteResult, servers: ServeResult[]): Record<K, PageVerdict> {
+  const out = {} as Record<K, PageVerdict>;
+  for (const k of Object.keys(modes) as K[]) {
+    const m = modes[k];
+    out[k] = { ...verdict(m.prefix, writer, servers, { l1: m.l1 }), hits: servers.reduce((n, s) => n + (s.hits[m.prefix] ?? 0), 0) };
+  }
+  return out;
 }
