@@ -83,16 +83,12 @@ export class StoreGuard {
    * {@link StoreBudgetError} and does not count as a store failure (the store kept its own per-call budget).
    */
   async run<T>(operation: string, call: () => Promise<T>, timeout = this.timeout, budget?: StoreBudget): Promise<T> {
-    if (this.state === 'open') {
-      if (this.now() - this.openedAt < this.retryAfter) {
-        throw new StoreError(`${this.storeKind} store is unavailable (circuit open after repeated failures)`, this.storeKind, operation);
-      }
-      this.state = 'probing';
-    } else if (this.state === 'probing') {
-      throw new StoreError(`${this.storeKind} store is being probed after failures`, this.storeKind, operation);
+    if (this.state === 'open' && this.now() - this.openedAt < this.retryAfter) {
+      throw new StoreError(`${this.storeKind} store is unavailable (circuit open after repeated failures)`, this.storeKind, operation);
     }
+    if (this.state === 'probing') throw new StoreError(`${this.storeKind} store is being probed after failures`, this.storeKind, operation);
+    // (Checked before this call may become the probe: a probe that never runs would leave the circuit probing.)
     let cut = false;
-    let leave: (() => void) | undefined;
     if (budget) {
       const left = budget.left();
       if (left <= 0) throw this.budgetError(operation, budget, 'skipped');
@@ -100,8 +96,10 @@ export class StoreGuard {
         timeout = Math.max(1, left);
         cut = true;
       }
-      leave = budget.enter();
     }
+    const probe = this.state === 'open';
+    if (probe) this.state = 'probing';
+    const leave = budget?.enter();
     let timer: NodeJS.Timeout | undefined;
     const connection = this.connection;
     const pending = Promise.resolve().then(call);
@@ -122,8 +120,15 @@ export class StoreGuard {
     } catch (err) {
       if (err instanceof StoreIntegrityError) this.reset(err);
       else if (err instanceof StoreTimeoutError && this.store?.reset) this.resetIfStuck(pending, err);
-      // Cut short by the request's budget, not by the store's own: says nothing about the store.
-      if (cut && err instanceof StoreTimeoutError) throw this.budgetError(operation, budget!, 'stopped');
+      // Cut short by the request's budget, not by the store's own: says nothing about the store (a probe cut so
+      // leaves the circuit open, for the next call to probe at once).
+      if (cut && err instanceof StoreTimeoutError) {
+        if (probe && this.state === 'probing') {
+          this.state = 'open';
+          this.openedAt = this.now() - this.retryAfter;
+        }
+        throw this.budgetError(operation, budget!, 'stopped');
+      }
       // A call that failed on a connection since replaced by a fresh one (a reset rejects the calls still on the
       // old one) says nothing about the new connection: it does not count towards opening the circuit.
       if (connection !== this.connection && !(err instanceof StoreTimeoutError)) {

@@ -7,7 +7,9 @@
 import express from 'express';
 import request from 'supertest';
 import { createEngine, MemoryStore, OptionError, StoreBudgetError, type Entry, type Store, type StoreWrite } from '../lib';
+import { StoreBudget } from '../lib/budget';
 import { cachePage } from '../lib/express';
+import { StoreGuard } from '../lib/guard';
 import { serve } from './support/http';
 import { views } from './support/views';
 
@@ -170,5 +172,39 @@ describe('requestBudget: a page request (page cache and render share one budget)
     expect(on.errors.length).toBeGreaterThan(0);
     expect(on.errors.every((e) => e instanceof StoreBudgetError)).toBe(true);
     expect(on.calls.length).toBeLessThan(off.calls.length);
+  });
+});
+
+describe('requestBudget and the circuit breaker', () => {
+  const failing = () => Promise.reject(new Error('connection refused'));
+  const slow = (ms: number) => () => new Promise<string>((r) => setTimeout(() => r('late'), ms));
+
+  /** A guard whose circuit is open (one failure opens it) and due for a probe. */
+  async function dueForProbe() {
+    let now = 1_000_000;
+    const guard = new StoreGuard('test', { timeout: 100, failures: 1, retryAfter: 500 }, () => now);
+    await expect(guard.run('getMany', failing)).rejects.toThrow(/connection refused/);
+    expect(guard.isOpen).toBe(true);
+    now += 500;
+    return guard;
+  }
+
+  it('fixed: a request whose budget is spent when the probe is due does not take the probe (the circuit used to stay "being probed" for good)', async () => {
+    const guard = await dueForProbe();
+    const spent = new StoreBudget(1);
+    const leave = spent.enter(); // (1 ms of store time, waited out)
+    while (spent.left() > 0) await new Promise((r) => setImmediate(r));
+    leave();
+    await expect(guard.run('getMany', async () => 'x', undefined, spent)).rejects.toThrow(StoreBudgetError);
+    // The next call is the probe, and the store answering closes the circuit.
+    await expect(guard.run('getMany', async () => 'ok')).resolves.toBe('ok');
+    await expect(guard.run('getMany', async () => 'again')).resolves.toBe('again');
+  });
+
+  it('fixed: a probe cut short by the request budget leaves the circuit open for the next call to probe at once', async () => {
+    const guard = await dueForProbe();
+    await expect(guard.run('getMany', slow(200), undefined, new StoreBudget(20))).rejects.toThrow(StoreBudgetError);
+    await expect(guard.run('getMany', async () => 'ok')).resolves.toBe('ok');
+    expect(guard.isOpen).toBe(false);
   });
 });
