@@ -48,7 +48,7 @@ export interface EngineOptions {
   /** Time budget and circuit breaker of store calls (default 100 ms budget, 3 failures, retry after 0.5 s). */
   timeout?: number;
   /**
-   * Store-time budget of one request, in ms (default: `timeout`): how long one render, or one page request
+   * Store-time budget of one request, in ms (default: 3 × `timeout`): how long one render, or one page request
    * through the page cache (page look-up, lock, fragments, tag versions), may wait on the stores in total.
    * A miss makes several store calls in a row, so on a slow store (each call under `timeout`, none failing)
    * they add up; once this is spent the request reads nothing more from the stores, renders what is left

@@ -17,7 +17,7 @@ export interface GuardOptions {
   timeout?: number;
   /**
    * Store-time budget of one request (a render, or a page request through the page cache), in ms (default:
-   * `timeout`): the total time it may wait on the store across all its calls. `Infinity` for none.
+   * 3 × `timeout`): the total time it may wait on the store across all its calls. `Infinity` for none.
    */
   requestBudget?: number;
   /** Consecutive failures that open the circuit (default 3). */
@@ -56,7 +56,10 @@ export class StoreGuard {
     this.storeKind = typeof store === 'string' ? store : store.kind;
     this.store = typeof store === 'string' ? undefined : store;
     this.timeout = options.timeout ?? 100;
-    this.requestBudget = options.requestBudget ?? this.timeout;
+    // Three calls' worth: a page hit makes three reads in a row (header list, page, tags), and on a loaded event
+    // loop (where waiting for a reply also counts) it must not run out before its calls would time out themselves;
+    // tighter, caching would stop exactly when the machine is busiest, making it busier.
+    this.requestBudget = options.requestBudget ?? 3 * this.timeout;
     this.maxFailures = options.failures ?? 3;
     this.retryAfter = options.retryAfter ?? 500;
     this.store?.onReady?.(() => this.probeSoon());

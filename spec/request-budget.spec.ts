@@ -71,8 +71,8 @@ describe('requestBudget: option', () => {
     expect(() => createEngine({ views: views({}), requestBudget: value as number })).toThrow(/requestBudget/);
   });
 
-  it('defaults to the per-call timeout; Infinity turns it off', () => {
-    expect(createEngine({ views: views({}), timeout: 70 }).cache.guard.requestBudget).toBe(70);
+  it('defaults to three per-call timeouts; Infinity turns it off', () => {
+    expect(createEngine({ views: views({}), timeout: 70 }).cache.guard.requestBudget).toBe(210);
     expect(createEngine({ views: views({}), requestBudget: Infinity }).cache.guard.requestBudget).toBe(Infinity);
   });
 });

@@ -25,8 +25,9 @@ export interface AppOptions {
   store?: StoreSpec;
   /** Key prefix (tests use a unique one on shared stores). */
   prefix?: string;
-  /** Time budget and circuit breaker of store calls (tests tune them). */
+  /** Time budgets (per call, per request) and circuit breaker of store calls (tests tune them). */
   timeout?: EngineOptions['timeout'];
+  requestBudget?: EngineOptions['requestBudget'];
   breaker?: EngineOptions['breaker'];
   /** The users of the cookie session (default: alice and bob). Load tests bring many. */
   users?: Record<string, (typeof USERS)[string]>;
@@ -34,7 +35,7 @@ export interface AppOptions {
 
 /** Builds the app. Tests drive it over HTTP; `close()` waits for invalidations and closes the stores. */
 export function createApp(options: AppOptions = {}): { app: express.Express; engine: Engine; articles: Articles; close(): Promise<void> } {
-  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout, breaker: options.breaker });
+  const engine = createEngine({ views: path.join(__dirname, 'views'), store: options.store, prefix: options.prefix, timeout: options.timeout, requestBudget: options.requestBudget, breaker: options.breaker });
   const articles = new Articles();
   const users = options.users ?? USERS;
   // Saving an article drops its card, its cached body and its cached pages (all tagged `article:<id>`).

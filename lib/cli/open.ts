@@ -38,11 +38,13 @@ export async function probe(cache: FragmentCache, spec: CliConfig['store']): Pro
       return;
     } catch (err) {
       const last = (cache.store as { lastError?: unknown }).lastError;
-      if (Date.now() + delay >= deadline || refused(err) || refused(last)) {
+      if (Date.now() >= deadline || refused(err) || refused(last)) {
         const why = last instanceof Error ? last.message : err instanceof Error ? err.message : String(err);
         throw new CliError(`${typeof spec === 'string' ? `store ${describeStore(spec)}` : describeStore(spec)} is unreachable: ${why}`, 1, { cause: err });
       }
-      await new Promise((r) => setTimeout(r, delay));
+      // (Up to the deadline, not past it, and never short of it: a store that fails fast without refusing, such as
+      // a server that accepts and closes, is given the whole budget too.)
+      await new Promise((r) => setTimeout(r, Math.min(delay, deadline - Date.now())));
     }
   }
 }
@@ -56,7 +58,17 @@ function storeError(err: unknown, config: CliConfig): never {
 export async function openEngine(config: CliConfig, extra: { noCache?: boolean } = {}): Promise<Engine> {
   let engine: Engine;
   try {
-    engine = createEngine({ views: config.views, store: config.store, prefix: config.prefix, version: config.version, syntax: config.syntax, noCache: extra.noCache });
+    engine = createEngine({
+      views: config.views,
+      store: config.store,
+      prefix: config.prefix,
+      version: config.version,
+      syntax: config.syntax,
+      noCache: extra.noCache,
+      // A developer's preview has no latency to protect, and a request budget running out on a busy laptop would
+      // show misses that a server would not have: each call keeps its own time budget and the circuit breaker.
+      requestBudget: Infinity,
+    });
   } catch (err) {
     storeError(err, config);
   }

@@ -8,7 +8,9 @@ import type { AddressInfo } from 'node:net';
 import { createApp } from '../../examples/express/server';
 
 const [store, prefix, timeout] = process.argv.slice(2);
-const blog = createApp({ store, prefix, timeout: timeout ? Number(timeout) : undefined });
+// The one budget of the runs, per call and per request (the goal is "budget + render time").
+const budget = timeout ? Number(timeout) : undefined;
+const blog = createApp({ store, prefix, timeout: budget, requestBudget: budget });
 const errors: string[] = [];
 blog.engine.on('error', (e) => errors.length < 200 && errors.push(e.message));
 const server = blog.app.listen(0, '127.0.0.1', () => {
