@@ -203,6 +203,11 @@ describeWith(need(redisServer), 'store commands against a real Redis', () => {
     expect(statusOf(after.stderr, 'sidebar')).toEqual(['miss']);
     expect(statusOf(after.stderr, 'popular')).toEqual(['miss']);
     expect(statusOf(after.stderr, 'nav')).toEqual(['hit']);
+    // The preview knows when it read its data (after the invalidation resolved): what it stores lives its whole
+    // TTL, not just the unknown-since window (1 s) of a render whose data may predate the invalidation.
+    const [stored] = JSON.parse((await cli('inspect', 'sidebar', '--json')).stdout) as { valid: boolean; ttlLeft: number }[];
+    expect(stored.valid).toBe(true);
+    expect(stored.ttlLeft).toBeGreaterThan(60);
   });
 
   test('invalidate with no matching stored entry says so, lists the stored variants with typed values, exits 1, and writes nothing', async () => {

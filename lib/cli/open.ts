@@ -65,8 +65,10 @@ export async function openEngine(config: CliConfig, extra: { noCache?: boolean }
       version: config.version,
       syntax: config.syntax,
       noCache: extra.noCache,
-      // A developer's preview has no latency to protect, and a request budget running out on a busy laptop would
-      // show misses that a server would not have: each call keeps its own time budget and the circuit breaker.
+      // A developer's preview has no latency to protect, and a store call or request budget running out on a busy
+      // laptop would show misses (and skipped writes) that a server would not have: a second per call (a server
+      // keeps 100 ms), no request budget; the circuit breaker still stops a dead store from being waited on.
+      timeout: 1000,
       requestBudget: Infinity,
     });
   } catch (err) {

@@ -60,6 +60,9 @@ export function explainTable(fragments: readonly FragmentTrace[], c: Colors, wid
 export async function preview(template: string, options: PreviewOptions): Promise<void> {
   const config = loadConfig(options);
   const repeat = options.repeat ?? 1;
+  // Before the data file is read: output whose data predates an invalidation is never stored, and output read after
+  // one is stored for its whole TTL (without `since`, it would live only the unknown-since window).
+  const since = Date.now();
   const data = options.data ? loadData(path.resolve(options.data)) : {};
   const err = colorsFor(process.stderr);
   const engine = await openEngine(config);
@@ -73,7 +76,7 @@ export async function preview(template: string, options: PreviewOptions): Promis
       const started = performance.now();
       let result;
       try {
-        result = await engine.explain(template, data);
+        result = await engine.explain(template, data, { since });
       } catch (e) {
         if (e instanceof TemplateError && e.line === undefined && /^template not found/.test(e.message)) {
           throw new CliError(`${e.message} (views: ${config.views.map((v) => path.relative(process.cwd(), v) || '.').join(', ')})`, 1, { cause: e });
