@@ -4,7 +4,6 @@
  * `redis-server` on a free loopback port) and on SQLite files. Every run uses its own key prefix and
  * never touches keys it did not write.
  */
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
 import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
@@ -14,15 +13,10 @@ import { createClient } from '@redis/client';
 import { encodeEntry, type Entry } from '../lib/entry';
 import { varyPart } from '../lib/keys';
 import { describeWith, freePort, need, redis as redisServer, uniquePrefix, type TestServer } from './support/servers';
+import { collect, type Run } from './support/spawn';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'dist', 'cli', 'index.js');
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 function run(args: string[], options: { cwd: string; tty?: boolean; store?: string }): Promise<Run> {
   const env: NodeJS.ProcessEnv = { ...process.env, TERM: 'xterm' };
   delete env.FRAGCACHE_STORE;
@@ -30,17 +24,9 @@ function run(args: string[], options: { cwd: string; tty?: boolean; store?: stri
   delete env.NO_COLOR;
   delete env.FORCE_COLOR;
   const quoted = [process.execPath, BIN, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
-  return new Promise((resolve, reject) => {
-    const child = options.tty
-      ? spawn('script', ['-qec', quoted, '/dev/null'], { cwd: options.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn(process.execPath, [BIN, ...args], { cwd: options.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return options.tty
+    ? collect('script', ['-qec', quoted, '/dev/null'], { cwd: options.cwd, env })
+    : collect(process.execPath, [BIN, ...args], { cwd: options.cwd, env });
 }
 
 /** Writes the config that points the CLI at `url` (the built-in redis:// store: a broken one must fail here). */

@@ -2,51 +2,32 @@
  * The built CLI (`dist/cli/index.js`, built by `npm test` before jest) run as a subprocess: preview,
  * deps, help/version, colours, config precedence, and every user and usage error.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { collect, type Run } from './support/spawn';
 import { views } from './support/views';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'dist', 'cli', 'index.js');
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 /** Runs the built CLI; the environment is cleaned of what would change its behaviour. */
 function cli(args: string[], options: { cwd?: string; env?: Record<string, string | undefined> } = {}): Promise<Run> {
   const env: Record<string, string | undefined> = { ...process.env, FRAGCACHE_STORE: undefined, NO_COLOR: undefined, FORCE_COLOR: undefined };
   Object.assign(env, options.env);
   for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: options.cwd ?? ROOT, env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return collect(process.execPath, [BIN, ...args], { cwd: options.cwd ?? ROOT, env: env as NodeJS.ProcessEnv });
 }
 
 /** Runs the CLI inside a pseudo-terminal (util-linux `script`), so stdout and stderr are TTYs. */
 function cliOnTty(args: string[], env: Record<string, string> = {}): Promise<Run> {
   const quoted = [process.execPath, BIN, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
-  return new Promise((resolve, reject) => {
-    const e: NodeJS.ProcessEnv = { ...process.env, TERM: 'xterm', ...env };
-    delete e.FRAGCACHE_STORE;
-    if (!('NO_COLOR' in env)) delete e.NO_COLOR;
-    delete e.FORCE_COLOR;
-    const child = spawn('script', ['-qec', quoted, '/dev/null'], { cwd: ROOT, env: e, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr: '' }));
-  });
+  const e: NodeJS.ProcessEnv = { ...process.env, TERM: 'xterm', ...env };
+  delete e.FRAGCACHE_STORE;
+  if (!('NO_COLOR' in env)) delete e.NO_COLOR;
+  delete e.FORCE_COLOR;
+  // (Under `script` the CLI's stdout and stderr both arrive on the pseudo-terminal: in `stdout`.)
+  return collect('script', ['-qec', quoted, '/dev/null'], { cwd: ROOT, env: e });
 }
 
 const ESC = '\x1b[';

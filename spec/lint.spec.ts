@@ -2,26 +2,18 @@
  * `fragcache lint` and `lintTemplates`: the leak guard over folders, for CI. The sample templates and the
  * example app lint clean; a folder with leaks exits 1 and lists each once.
  */
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { lintTemplates } from '../lib/lint';
+import { collect, type Run } from './support/spawn';
 import { views } from './support/views';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'dist', 'cli', 'index.js');
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(args: string[]): Promise<Run> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const k of ['FRAGCACHE_STORE', 'FRAGCACHE_LEAK_GUARD', 'NO_COLOR', 'FORCE_COLOR']) delete env[k];
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return collect(process.execPath, [BIN, ...args], { cwd: ROOT, env });
 }
 
 const LEAKY = {

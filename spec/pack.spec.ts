@@ -10,25 +10,18 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFil
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describeWith, freePort, need, redis, until, type TestServer } from './support/servers';
+import { collect, type Run } from './support/spawn';
 
 const ROOT = path.resolve(__dirname, '..');
 const VERSION = (JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
-function sh(cmd: string, args: string[], cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const env = { ...process.env };
-    delete env.FRAGCACHE_STORE;
-    delete env.FRAGCACHE_LEAK_GUARD; // a consumer's defaults (the suite turns the guard off for its own specs)
-    // npm run (npm test) exports settings for *this* package; the install below is for another one.
-    for (const k of Object.keys(env)) if (/^npm_(config_|package_|lifecycle_)/i.test(k) && !/^npm_config_(cache|registry|userconfig)$/i.test(k)) delete env[k];
-    const child = spawn(cmd, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function sh(cmd: string, args: string[], cwd: string): Promise<Run> {
+  const env = { ...process.env };
+  delete env.FRAGCACHE_STORE;
+  delete env.FRAGCACHE_LEAK_GUARD; // a consumer's defaults (the suite turns the guard off for its own specs)
+  // npm run (npm test) exports settings for *this* package; the install below is for another one.
+  for (const k of Object.keys(env)) if (/^npm_(config_|package_|lifecycle_)/i.test(k) && !/^npm_config_(cache|registry|userconfig)$/i.test(k)) delete env[k];
+  return collect(cmd, args, { cwd, env });
 }
 
 describe('npm pack, installed into an empty folder', () => {
