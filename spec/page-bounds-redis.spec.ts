@@ -3,7 +3,6 @@
  * and a cold page is produced once for the whole fleet.
  */
 import { spawnSync } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import http from 'node:http';
@@ -13,12 +12,12 @@ import request from 'supertest';
 import { createEngine, type Engine } from '../lib';
 import { cachePage } from '../lib/express';
 import { startWorkers } from './support/leak-load';
+import { serve } from './support/http';
 import { describeWith, need, privateRedis, redis as redisAvailability, until, type TestServer } from './support/servers';
 
 describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => {
   let redis: TestServer;
   let raw: ReturnType<typeof createClient>;
-  const servers: http.Server[] = [];
   const engines: Engine[] = [];
 
   beforeAll(async () => {
@@ -27,18 +26,10 @@ describeWith(need(redisAvailability, true), 'page cache bounds on Redis', () => 
     await raw.connect();
   });
   afterAll(async () => {
-    for (const s of servers) await new Promise((r) => s.close(r));
     for (const e of engines) await e.close().catch(() => undefined);
     await raw.quit().catch(() => undefined);
     await redis.stop();
   });
-
-  async function serve(app: express.Express): Promise<http.Server> {
-    const s = app.listen(0, '127.0.0.1');
-    servers.push(s);
-    await once(s, 'listening');
-    return s;
-  }
 
   /** Every key under `prefix` whose PTTL is -1 (no expiry), found with SCAN. */
   async function permanentKeys(prefix: string): Promise<{ total: number; permanent: string[] }> {

@@ -10,6 +10,7 @@ import request from 'supertest';
 import { createApp } from '../examples/express/server';
 import { createStore, FragmentCache } from '../lib';
 import { cacheMiddleware, cachePage } from '../lib/express';
+import { serve } from './support/http';
 import { describeWith, need, privateRedis, redis as redisAvailability, until, type TestServer } from './support/servers';
 
 describeWith(need(redisAvailability, true), 'page cache on Redis (two app instances)', () => {
@@ -66,7 +67,6 @@ describeWith(need(redisAvailability, true), 'page cache on Redis (two app instan
 describeWith(need(redisAvailability, true), 'fixed: page cache keys on Redis (review bugs 1, 3 and 6)', () => {
   let redis: TestServer;
   let raw: ReturnType<typeof createClient>;
-  const servers: http.Server[] = [];
   const caches: FragmentCache[] = [];
   const closers: (() => Promise<void>)[] = [];
 
@@ -76,19 +76,11 @@ describeWith(need(redisAvailability, true), 'fixed: page cache keys on Redis (re
     await raw.connect();
   });
   afterAll(async () => {
-    for (const s of servers) await new Promise((r) => s.close(r));
     for (const c of caches) await c.close().catch(() => undefined);
     for (const close of closers) await close().catch(() => undefined);
     await raw.quit().catch(() => undefined);
     await redis.stop();
   });
-
-  async function serve(app: express.Express): Promise<http.Server> {
-    const s = app.listen(0, '127.0.0.1');
-    servers.push(s);
-    await once(s, 'listening');
-    return s;
-  }
 
   /** Keys under a prefix with their remaining lifetimes (ms; -1: no expiry). Private server: KEYS is fine. */
   async function keysWithTtl(prefix: string): Promise<Map<string, number>> {
