@@ -410,11 +410,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       since,
       fencing: !this.unfenced,
       budget,
-      // (Blocks know their template's full path; warnings name it as the other warnings do.)
-      onWarning: (w) => {
-        const name = w.template === undefined ? undefined : this.relative(w.template);
-        this.warnOnce(name === undefined ? w : { ...w, template: name, message: w.message.replace(w.template!, name) });
-      },
+      onWarning: this.renderWarning,
     });
     try {
       for (let passes = 1; ; passes++) {
@@ -477,6 +473,12 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.pending.add(done);
     void done.finally(() => this.pending.delete(done));
   }
+
+  /** A render's warning about a template: blocks know its full path; warnings name it as the others do. */
+  private readonly renderWarning = (w: FragcacheWarning): void => {
+    const name = w.template === undefined ? undefined : this.relative(w.template);
+    this.warnOnce(name === undefined ? w : { ...w, template: name, message: w.message.replace(w.template!, name) });
+  };
 
   /** {@link warn}, once per message (bounded memory: past 1000 messages, repeats are possible again). */
   private readonly warnOnce = (w: FragcacheWarning): void => {
